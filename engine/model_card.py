@@ -297,8 +297,10 @@ def card_from_deepness_metadata(props: Mapping[str, str], name: str, num_bands: 
     mean = _json_or_raw(props.get("standardization_mean", json.dumps([0.0] * num_bands)))
     std = _json_or_raw(props.get("standardization_std", json.dumps([1.0] * num_bands)))
     resolution_cm = props.get("resolution")
-    band_names = ("red", "green", "blue", "alpha")[:num_bands] if num_bands <= 4 else tuple(
-        f"band{i + 1}" for i in range(num_bands)
+    band_names = (
+        ("red", "green", "blue", "alpha")[:num_bands]
+        if num_bands <= 4
+        else tuple(f"band{i + 1}" for i in range(num_bands))
     )
     return ModelCard.from_dict(
         {
@@ -310,7 +312,7 @@ def card_from_deepness_metadata(props: Mapping[str, str], name: str, num_bands: 
             "norm_mean": [float(v) for v in mean][:num_bands],
             "norm_std": [float(v) for v in std][:num_bands],
             "tile_size_px": tile,
-            "overlap_px": int(round(tile * overlap_pct / 100.0)),
+            "overlap_px": round(tile * overlap_pct / 100.0),
             "size_divisor_px": 1,
             "gsd_m": None if resolution_cm is None else float(_json_or_raw(resolution_cm)) / 100.0,
             "output_activation": "probabilities",
@@ -344,8 +346,10 @@ def read_onnx_metadata(path: Path) -> tuple[dict[str, str], int]:
     try:
         import onnx
     except ImportError:
-        onnx = None
-    if onnx is not None:
+        onnx_available = False
+    else:
+        onnx_available = True
+    if onnx_available:
         try:
             proto = onnx.load(str(path), load_external_data=False)
         except Exception as exc:  # protobuf raises a zoo of types on corrupt files
