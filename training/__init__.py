@@ -1,0 +1,1 @@
+"""Training package: datasets, transforms, losses, trainer and evaluation for the segmentation models."""
