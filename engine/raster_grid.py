@@ -1,0 +1,198 @@
+"""GeoTIFF files on one pixel grid (class raster + optional heatmaps), written in whole block rows.
+
+Rows arrive in order in any count; they are staged until a full :data:`BLOCK_SIZE_PX`-row block row (or the last
+rows of the raster) is complete and then written once, so no compressed block is ever rewritten.
+"""
+
+from __future__ import annotations
+
+import logging
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from affine import Affine
+from numpy.typing import NDArray
+from rasterio.crs import CRS
+from rasterio.io import DatasetWriter
+from rasterio.windows import Window
+
+from .heatmap_quantization import HEATMAP_NODATA, HEATMAP_SCALE
+from .model_card import NODATA_CLASS, ModelCard
+
+logger = logging.getLogger(__name__)
+
+#: Tile edge of the written GeoTIFFs, and the row count of a block row.
+BLOCK_SIZE_PX = 256
+
+_COMMON_PROFILE: dict[str, Any] = {
+    "driver": "GTiff",
+    "tiled": True,
+    "blockxsize": BLOCK_SIZE_PX,
+    "blockysize": BLOCK_SIZE_PX,
+    "compress": "deflate",
+    "bigtiff": "IF_SAFER",
+    # Compression runs in GDAL worker threads; it is the writer's main cost at GPU speed.
+    "num_threads": "ALL_CPUS",
+}
+
+
+@dataclass(frozen=True)
+class OutputGrid:
+    """Size and georeference of a written raster.
+
+    Attributes:
+        height: Rows.
+        width: Columns.
+        transform: Affine transform of the grid.
+        crs: CRS, or None for a raster without georeference.
+    """
+
+    height: int
+    width: int
+    transform: Affine
+    crs: CRS | None
+
+
+class GridFiles:
+    """The class GeoTIFF (and heatmaps GeoTIFF) of one grid, open for writing."""
+
+    def __init__(
+        self,
+        grid: OutputGrid,
+        classes: DatasetWriter,
+        heatmaps: DatasetWriter | None,
+        num_classes: int,
+    ) -> None:
+        self.grid = grid
+        self.classes_path = Path(classes.name)
+        self.heatmaps_path = None if heatmaps is None else Path(heatmaps.name)
+        self._classes_ds: DatasetWriter | None = classes
+        self._heatmaps_ds = heatmaps
+        self._num_classes = num_classes
+        self._counts = np.zeros(num_classes, dtype=np.int64)
+        self._stage_row = 0  # first row of the block row being staged
+        self._staged = 0  # rows of it already staged
+        rows = min(BLOCK_SIZE_PX, grid.height)
+        self._class_stage = np.empty((rows, grid.width), dtype=np.uint8)
+        self._heat_stage = None if heatmaps is None else np.empty((num_classes, rows, grid.width), dtype=np.uint16)
+
+    @classmethod
+    def create(
+        cls,
+        grid: OutputGrid,
+        classes_path: Path,
+        heatmaps_path: Path | None,
+        card: ModelCard,
+        tags: Mapping[str, str],
+    ) -> GridFiles:
+        """Create the GeoTIFFs (colour table, band descriptions, scales, nodata and tags set up front)."""
+        georef = {"height": grid.height, "width": grid.width, "transform": grid.transform, "crs": grid.crs}
+        classes = rasterio.open(
+            classes_path, "w", count=1, dtype="uint8", nodata=NODATA_CLASS, **georef, **_COMMON_PROFILE
+        )
+        heatmaps = None
+        try:
+            classes.write_colormap(1, _colormap(card))
+            classes.set_band_description(1, "class")
+            classes.update_tags(**tags)
+            if heatmaps_path is not None:
+                # K UInt16 bands dominate the writing cost: level 3 with the horizontal predictor wrote smooth
+                # heatmaps 2.6x faster than the default level 6 for files 5 % larger.
+                heatmaps = rasterio.open(
+                    heatmaps_path, "w", count=card.num_classes, dtype="uint16", nodata=HEATMAP_NODATA,
+                    predictor=2, zlevel=3, interleave="band", **georef, **_COMMON_PROFILE,
+                )  # fmt: skip
+                for band, name in enumerate(card.class_names, start=1):
+                    heatmaps.set_band_description(band, name)
+                heatmaps.scales = (1.0 / HEATMAP_SCALE,) * card.num_classes
+                heatmaps.offsets = (0.0,) * card.num_classes
+                heatmaps.update_tags(**tags)
+        except BaseException:
+            classes.close()
+            if heatmaps is not None:
+                heatmaps.close()
+            raise
+        return cls(grid, classes, heatmaps, card.num_classes)
+
+    @property
+    def class_pixel_counts(self) -> tuple[int, ...]:
+        """Pixels written per class so far."""
+        return tuple(int(c) for c in self._counts)
+
+    def write(self, row_off: int, classes: NDArray[np.uint8], heatmaps: NDArray[np.uint16] | None) -> None:
+        """Stage rows ``row_off..`` (classes (rows, W), heatmaps (K, rows, W)); full block rows are written."""
+        if row_off != self._stage_row + self._staged:
+            raise ValueError(f"rows must arrive in order: got row {row_off}, expected {self._stage_row + self._staged}")
+        done = 0
+        while done < classes.shape[0]:
+            block_rows = min(BLOCK_SIZE_PX, self.grid.height - self._stage_row)
+            take = min(classes.shape[0] - done, block_rows - self._staged)
+            rows = slice(self._staged, self._staged + take)
+            self._class_stage[rows] = classes[done : done + take]
+            if self._heat_stage is not None and heatmaps is not None:
+                self._heat_stage[:, rows] = heatmaps[:, done : done + take]
+            self._staged += take
+            done += take
+            if self._staged == block_rows:
+                self._flush()
+
+    def _flush(self) -> None:
+        if self._staged == 0 or self._classes_ds is None:
+            return
+        window = Window(0, self._stage_row, self.grid.width, self._staged)
+        classes = self._class_stage[: self._staged]
+        self._classes_ds.write(classes, 1, window=window)
+        if self._heatmaps_ds is not None and self._heat_stage is not None:
+            self._heatmaps_ds.write(self._heat_stage[:, : self._staged], window=window)
+        labelled = classes[classes != NODATA_CLASS]
+        self._counts += np.bincount(labelled, minlength=self._num_classes)[: self._num_classes]
+        self._stage_row += self._staged
+        self._staged = 0
+
+    def close(self, discard: bool = False) -> None:
+        """Flush staged rows (unless discarding) and close the files. Safe to call twice."""
+        if not discard:
+            self._flush()
+        for ds in (self._classes_ds, self._heatmaps_ds):
+            if ds is not None:
+                try:
+                    ds.close()
+                except Exception:
+                    if not discard:
+                        raise
+                    logger.debug("Ignoring an error while closing discarded %s", ds.name, exc_info=True)
+        self._classes_ds = None
+        self._heatmaps_ds = None
+
+    def write_category_names(self, card: ModelCard) -> None:
+        """Store the class names as GDAL category names of the class raster.
+
+        GDAL keeps GeoTIFF category names in the PAM sidecar (``.aux.xml``), exactly as ``SetCategoryNames``
+        would; writing it here needs no GDAL Python bindings (rasterio does not expose category names).
+        """
+        aux = self.classes_path.with_name(self.classes_path.name + ".aux.xml")
+        root = ET.parse(aux).getroot() if aux.exists() else ET.Element("PAMDataset")
+        band = root.find("PAMRasterBand[@band='1']")
+        if band is None:
+            band = ET.SubElement(root, "PAMRasterBand", {"band": "1"})
+        for old in band.findall("CategoryNames"):
+            band.remove(old)
+        names = ET.SubElement(band, "CategoryNames")
+        for name in card.class_names:
+            ET.SubElement(names, "Category").text = name
+        ET.indent(root)
+        ET.ElementTree(root).write(aux, encoding="unicode")
+
+
+def _colormap(card: ModelCard) -> dict[int, tuple[int, int, int, int]]:
+    colours = {
+        index: (int(hex_[1:3], 16), int(hex_[3:5], 16), int(hex_[5:7], 16), 255)
+        for index, hex_ in enumerate(card.class_colors)
+    }
+    colours[NODATA_CLASS] = (0, 0, 0, 0)  # nodata stays transparent in viewers that ignore the nodata tag
+    return colours

@@ -1,0 +1,348 @@
+"""Raster input: windowed, boundless, normalised tile reads with a validity mask, on the model's grid.
+
+A :class:`RasterSource` opens the input raster once and serves tiles on its *processing grid*: the input grid
+itself, or, when the raster's ground sampling distance differs from the card's ``gsd_m`` by more than
+:data:`GSD_TOLERANCE`, a grid with the same bounds at the model's resolution (read through a ``WarpedVRT``).
+:class:`~engine.raster_writer.SegmentationWriter` (re-exported here) writes results back on the input grid.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import numpy as np
+import rasterio
+from affine import Affine
+from numpy.typing import NDArray
+from rasterio.enums import MaskFlags, Resampling
+from rasterio.errors import CRSError, RasterioError
+from rasterio.io import DatasetReader
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from .bands import BandLayout, Normalizer, match_bands
+from .errors import InvalidRasterError
+from .model_card import ModelCard
+from .raster_regions import RegionFilter
+from .raster_writer import SegmentationWriter
+
+__all__ = ["GSD_TOLERANCE", "RasterSource", "SegmentationWriter"]
+
+logger = logging.getLogger(__name__)
+
+#: Relative GSD difference above which tiles are resampled to the model's resolution.
+GSD_TOLERANCE = 0.05
+
+
+class RasterSource:
+    """An open input raster serving normalised tiles on the processing grid (a context manager).
+
+    Attributes:
+        path: The raster's path.
+        card: The model card the tiles are prepared for.
+        band_indexes: 1-based raster bands feeding the model, in the card's band order.
+        height: Rows of the processing grid (== ``input_height`` unless resampled to the card's ``gsd_m``).
+        width: Columns of the processing grid.
+        input_height: Rows of the input raster.
+        input_width: Columns of the input raster.
+        crs: The input raster's CRS (None without georeference).
+        transform: The input grid's affine transform.
+        processing_transform: The processing grid's affine transform (== ``transform`` unless resampled).
+        georeferenced: Whether the raster has a CRS and a geotransform.
+        resampled: Whether the processing grid differs from the input grid.
+        input_gsd_m: The raster's pixel size in metres (mean of x and y), None where unknown.
+    """
+
+    def __init__(
+        self,
+        dataset: DatasetReader,
+        card: ModelCard,
+        band_indexes: tuple[int, ...],
+        regions: RegionFilter,
+        resample_to_model_gsd: bool,
+    ) -> None:
+        self.path = Path(dataset.name)
+        self.card = card
+        self.band_indexes = band_indexes
+        self.input_height: int = dataset.height
+        self.input_width: int = dataset.width
+        self.crs = dataset.crs
+        self.transform: Affine = dataset.transform
+        self.georeferenced = _is_georeferenced(dataset)
+        self.input_gsd_m = _gsd_m(dataset) if self.georeferenced else None
+        self._dataset = dataset
+        self._regions = regions
+        self._normalizer = Normalizer.from_card(card)
+        self._closed = False
+        grid = _processing_grid(dataset, card, self.input_gsd_m) if resample_to_model_gsd else None
+        self._reader: DatasetReader | WarpedVRT = dataset
+        self.processing_transform: Affine = dataset.transform
+        self.height: int = dataset.height
+        self.width: int = dataset.width
+        self.resampled = grid is not None
+        if grid is not None:
+            self.processing_transform, self.height, self.width = grid
+            self._reader = _warped_reader(dataset, self.processing_transform, self.height, self.width, card)
+            logger.info(
+                "Resampling %s from %.3g m to the model's %.3g m: processing grid %d x %d (input %d x %d).",
+                self.path.name, self.input_gsd_m, card.gsd_m, self.width, self.height,
+                self.input_width, self.input_height,
+            )  # fmt: skip
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        card: ModelCard,
+        bands: tuple[int, ...] | None = None,
+        resample_to_model_gsd: bool = True,
+        extent: tuple[float, float, float, float] | None = None,
+        mask_geometries: Sequence[Mapping[str, Any]] | None = None,
+    ) -> RasterSource:
+        """Open a raster for the model described by ``card``.
+
+        Args:
+            path: Any GDAL-readable raster (GeoTIFF, COG, VRT, ...).
+            card: The model card (input bands, value range, normalisation, ``gsd_m``).
+            bands: Explicit 1-based band indexes in the card's band order; default: matched by colour
+                interpretation / band description (see :func:`engine.bands.match_bands`).
+            resample_to_model_gsd: Read on a grid at the card's ``gsd_m`` when the raster's differs.
+            extent: ``(xmin, ymin, xmax, ymax)`` in the raster's CRS; pixels outside are invalid.
+            mask_geometries: GeoJSON polygon geometries in the raster's CRS; pixels outside all of them are invalid.
+
+        Raises:
+            InvalidRasterError: If the file is missing or unreadable, or its bands do not fit the model.
+            InvalidInputError: If the extent or the mask geometries are malformed or miss the raster.
+        """
+        path = Path(path)
+        name = str(path)
+        if not name.startswith("/vsi") and "://" not in name and not path.exists():
+            raise InvalidRasterError(f"Input raster '{path}' does not exist; check the path.")
+        try:
+            dataset = rasterio.open(path)
+        except (RasterioError, OSError) as exc:
+            raise InvalidRasterError(
+                f"Cannot open '{path}' as a raster ({exc}); give a complete GeoTIFF, VRT or other GDAL raster."
+            ) from exc
+        try:
+            layout = BandLayout(
+                colorinterps=tuple(ci.name.lower() for ci in dataset.colorinterp),
+                descriptions=tuple(d or "" for d in dataset.descriptions),
+            )
+            band_indexes = match_bands(layout, card, bands, raster_name=f"'{path.name}'")
+            regions = RegionFilter.create(extent, mask_geometries, dataset.bounds)
+            _warn_about_input(dataset, card, band_indexes)
+            return cls(dataset, card, band_indexes, regions, resample_to_model_gsd)
+        except BaseException:
+            dataset.close()
+            raise
+
+    def read_tile(self, window: Window) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+        """Read one tile of the processing grid, boundless.
+
+        Args:
+            window: Pixel window on the processing grid; may extend past the raster's edges.
+
+        Returns:
+            ``(tile, valid)``: the tile (C, h, w) float32 normalised per the card, bands in the model's order, 0
+            (the band mean) wherever there is no data; and the (h, w) mask, False for nodata, masked, alpha == 0,
+            non-finite, outside EXTENT/MASK or outside the raster. ``h, w`` equal the window's size.
+        """
+        raw, valid = self._read_raw(self._reader, window, self.height, self.width)
+        tile = self._normalizer(raw)
+        valid &= np.isfinite(tile).all(axis=0)
+        # Pixels without data become the band mean (0 after normalisation) so they do not disturb the
+        # model's view of their valid neighbours; imagery outside EXTENT/MASK is real and stays as context.
+        tile[:, ~valid] = 0.0
+        region = self._regions.inside(window, self.processing_transform)
+        if region is not None:
+            valid &= region
+        return tile, valid
+
+    def read_input_valid(self, window: Window) -> NDArray[np.bool_]:
+        """Validity (nodata, masks, alpha, EXTENT, MASK) of a window of the *input* grid, boundless.
+
+        The writer uses it to cut results resampled back from the processing grid exactly to the input's valid
+        pixels.
+        """
+        valid = self._read_valid(self._dataset, window, self.input_height, self.input_width)
+        region = self._regions.inside(window, self.transform)
+        if region is not None:
+            valid &= region
+        return valid
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def close(self) -> None:
+        """Release the dataset (and the warped view). Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._reader is not self._dataset:
+            self._reader.close()
+        self._dataset.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"RasterSource('{self.path}', bands={self.band_indexes}, grid={self.width}x{self.height}, "
+            f"input={self.input_width}x{self.input_height}, resampled={self.resampled})"
+        )
+
+    # --- reading -------------------------------------------------------------------------------------------
+
+    def _read_raw(
+        self, reader: DatasetReader | WarpedVRT, window: Window, height: int, width: int
+    ) -> tuple[NDArray[np.generic], NDArray[np.bool_]]:
+        """Raw values (C, h, w) padded with the band means outside the raster, and their validity mask."""
+        rows, cols, inner, r0, c0 = _split_window(window, height, width)
+        dtypes = [np.dtype(reader.dtypes[b - 1]) for b in self.band_indexes]
+        # 8/16-bit integers are exact in float32 (half the memory traffic); 32-bit and float data keep float64.
+        exact32 = all(d.kind in "iub" and d.itemsize <= 2 for d in dtypes)
+        raw: NDArray[np.generic] = np.empty(
+            (len(self.band_indexes), rows, cols), dtype=np.float32 if exact32 else np.float64
+        )
+        raw[...] = np.asarray(self._normalizer.raw_value_for_zero())[:, None, None]
+        valid = np.zeros((rows, cols), dtype=bool)
+        if inner is None:
+            return raw, valid
+        r1, c1 = r0 + int(inner.height), c0 + int(inner.width)
+        try:
+            data = reader.read(self.band_indexes, window=inner)
+        except RasterioError as exc:
+            raise InvalidRasterError(
+                f"Reading {inner} of '{self.path}' failed ({exc}); the file may be truncated or corrupt: "
+                "re-create or re-download it."
+            ) from exc
+        raw[:, r0:r1, c0:c1] = data
+        valid[r0:r1, c0:c1] = self._inner_valid(reader, inner)
+        return raw, valid
+
+    def _read_valid(
+        self, reader: DatasetReader | WarpedVRT, window: Window, height: int, width: int
+    ) -> NDArray[np.bool_]:
+        rows, cols, inner, r0, c0 = _split_window(window, height, width)
+        valid = np.zeros((rows, cols), dtype=bool)
+        if inner is not None:
+            valid[r0 : r0 + int(inner.height), c0 : c0 + int(inner.width)] = self._inner_valid(reader, inner)
+        return valid
+
+    def _inner_valid(self, reader: DatasetReader | WarpedVRT, inner: Window) -> NDArray[np.bool_]:
+        """GDAL mask of a window inside the raster: alpha > 0, internal mask, or any band not nodata."""
+        flags = [reader.mask_flag_enums[b - 1] for b in self.band_indexes]
+        shape = (int(inner.height), int(inner.width))
+        if all(MaskFlags.all_valid in f for f in flags):
+            return np.ones(shape, dtype=bool)
+        # A per-dataset mask (alpha or internal) is shared by every band: one band's mask is enough.
+        indexes = self.band_indexes[:1] if all(MaskFlags.per_dataset in f for f in flags) else self.band_indexes
+        try:
+            masks = reader.read_masks(list(indexes), window=inner)
+        except RasterioError as exc:
+            raise InvalidRasterError(
+                f"Reading the mask of '{self.path}' failed ({exc}); is the file complete?"
+            ) from exc
+        # With nodata values a pixel is invalid only where every band is nodata (GDAL's dataset-mask rule).
+        return np.asarray((masks > 0).any(axis=0), dtype=bool)
+
+
+def _split_window(window: Window, height: int, width: int) -> tuple[int, int, Window | None, int, int]:
+    """Split a window (rounded to whole pixels) against a ``height`` x ``width`` grid.
+
+    Returns:
+        ``(rows, cols, inner, r0, c0)``: the window's size, its part inside the grid (None if it is all outside)
+        and where that part starts inside the window.
+    """
+    rows, cols = round(window.height), round(window.width)
+    row_off, col_off = round(window.row_off), round(window.col_off)
+    top, left = max(row_off, 0), max(col_off, 0)
+    bottom, right = min(row_off + rows, height), min(col_off + cols, width)
+    if bottom <= top or right <= left:
+        return rows, cols, None, 0, 0
+    return rows, cols, Window(left, top, right - left, bottom - top), top - row_off, left - col_off
+
+
+def _is_georeferenced(dataset: DatasetReader) -> bool:
+    return dataset.crs is not None and dataset.transform != Affine.identity()
+
+
+def _gsd_m(dataset: DatasetReader) -> float | None:
+    """Mean pixel size in metres of a north-up raster in a projected CRS; None where it cannot be known."""
+    crs, transform = dataset.crs, dataset.transform
+    if crs is None or not crs.is_projected or transform.b != 0 or transform.d != 0:
+        return None
+    try:
+        _, metres_per_unit = crs.linear_units_factor
+    except (CRSError, ValueError):  # exotic CRS definitions without linear units: treat the GSD as unknown
+        return None
+    return float((abs(transform.a) + abs(transform.e)) / 2.0 * metres_per_unit)
+
+
+def _processing_grid(
+    dataset: DatasetReader, card: ModelCard, input_gsd_m: float | None
+) -> tuple[Affine, int, int] | None:
+    """Grid with the raster's bounds at the card's GSD, or None when no resampling is wanted."""
+    if card.gsd_m is None or input_gsd_m is None:
+        return None
+    if abs(input_gsd_m - card.gsd_m) <= GSD_TOLERANCE * card.gsd_m:
+        return None
+    factor = input_gsd_m / card.gsd_m
+    height = max(1, round(dataset.height * factor))
+    width = max(1, round(dataset.width * factor))
+    # Same bounds exactly: the pixel size is the card's GSD up to the rounding of the grid size.
+    transform = dataset.transform * Affine.scale(dataset.width / width, dataset.height / height)
+    return transform, height, width
+
+
+def _warped_reader(dataset: DatasetReader, transform: Affine, height: int, width: int, card: ModelCard) -> WarpedVRT:
+    assert card.gsd_m is not None  # only called for a processing grid built from it
+    downsampling = width < dataset.width
+    has_alpha = any(ci.name == "alpha" for ci in dataset.colorinterp)
+    # An alpha band on the warped view carries every kind of source validity (nodata, internal mask,
+    # outside the footprint); a source alpha band already plays that role and is warped as one.
+    return WarpedVRT(
+        dataset,
+        crs=dataset.crs,
+        transform=transform,
+        height=height,
+        width=width,
+        resampling=Resampling.average if downsampling else Resampling.bilinear,
+        add_alpha=not has_alpha,
+    )
+
+
+def _warn_about_input(dataset: DatasetReader, card: ModelCard, band_indexes: tuple[int, ...]) -> None:
+    name = Path(dataset.name).name
+    if not _is_georeferenced(dataset):
+        if dataset.gcps[0] or dataset.rpcs:
+            logger.warning(
+                "%s is georeferenced only by GCPs/RPCs: processing its pixel grid; the outputs will carry no "
+                "georeference. Warp it first (gdalwarp) for georeferenced outputs.",
+                name,
+            )
+        else:
+            logger.warning(
+                "%s has no georeference (no CRS or geotransform): processing its pixel grid; the outputs will carry "
+                "no georeference either.",
+                name,
+            )
+    dtypes = {dataset.dtypes[b - 1] for b in band_indexes}
+    if dtypes != {card.input_dtype}:
+        logger.warning(
+            "%s holds %s values but the model was trained on %s imagery scaled from %s; values are scaled by that "
+            "range anyway. Check the result, or rescale the raster to the model's range.",
+            name, "/".join(sorted(dtypes)), card.input_dtype, card.input_value_range,
+        )  # fmt: skip

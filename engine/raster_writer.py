@@ -1,0 +1,326 @@
+"""Output rasters: the class GeoTIFF and the per-class heatmaps, written atomically on the input grid.
+
+Rows arrive in order on the processing grid. They are staged into whole 256-row block rows so every compressed
+block is written exactly once, into temp files beside the outputs. :meth:`SegmentationWriter.commit` resamples
+back to the input grid when the processing grid differs (nearest for classes; bilinear, renormalised and
+re-quantised for heatmaps), optionally converts to COG, and only then moves the files into place with
+``os.replace``. Anything else (:meth:`~SegmentationWriter.abort`, an exception) leaves nothing at the output paths.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from numpy.typing import NDArray
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from .errors import OutputPathError
+from .heatmap_quantization import HEATMAP_NODATA, quantize_probabilities, requantize_heatmaps
+from .model_card import NODATA_CLASS, ModelCard
+from .raster_grid import BLOCK_SIZE_PX, GridFiles, OutputGrid
+
+if TYPE_CHECKING:
+    from .raster_io import RasterSource
+
+__all__ = ["SegmentationWriter"]
+
+logger = logging.getLogger(__name__)
+
+#: Columns resampled at once when going back to the input grid (bounds memory on very wide rasters).
+_RESAMPLE_CHUNK_PX = 4096
+
+
+class SegmentationWriter:
+    """Writes the class raster (and heatmaps) for one run; a context manager that aborts on exceptions.
+
+    Attributes:
+        output_path: Where the class raster goes on :meth:`commit`.
+        heatmaps_path: Where the heatmaps go on :meth:`commit`, or None for no heatmaps.
+        class_pixel_counts: Pixels per class on the input grid; final after :meth:`commit`.
+        valid_pixel_count: Valid (classified) pixels on the input grid; final after :meth:`commit`.
+    """
+
+    def __init__(
+        self,
+        source: RasterSource,
+        output_path: Path,
+        heatmaps_path: Path | None,
+        card: ModelCard,
+        tags: Mapping[str, str],
+        cog: bool = False,
+    ) -> None:
+        """Check the output paths and create the temp files.
+
+        Args:
+            source: The open input; its processing grid receives :meth:`write_rows`, its input grid the outputs.
+            output_path: Class raster destination (GeoTIFF).
+            heatmaps_path: Heatmaps destination (GeoTIFF), or None.
+            card: Model card (class names and colours).
+            tags: Provenance tags written into both outputs.
+            cog: Write Cloud-Optimised GeoTIFFs.
+
+        Raises:
+            OutputPathError: If an output path cannot be written; raised before any work is done.
+        """
+        self.output_path = Path(output_path)
+        self.heatmaps_path = None if heatmaps_path is None else Path(heatmaps_path)
+        self.class_pixel_counts: tuple[int, ...] = (0,) * card.num_classes
+        self.valid_pixel_count = 0
+        self._source = source
+        self._card = card
+        self._tags = {str(k): str(v) for k, v in tags.items()}
+        self._cog = cog
+        self._finished = False
+        self._next_row = 0
+        self._nonfinite_pixels = 0
+        _check_output_paths(self.output_path, self.heatmaps_path, source.path)
+        token = uuid.uuid4().hex[:12]
+        self._temps: list[Path] = []
+        input_grid = OutputGrid(source.input_height, source.input_width, source.transform, source.crs)
+        try:
+            self._final = self._open_grid(input_grid, token, "final", card)
+            self._processing: GridFiles | None = None
+            if source.resampled:
+                grid = OutputGrid(source.height, source.width, source.processing_transform, source.crs)
+                self._processing = self._open_grid(grid, token, "grid", card)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _open_grid(self, grid: OutputGrid, token: str, kind: str, card: ModelCard) -> GridFiles:
+        classes = self._temp_path(self.output_path, token, kind)
+        heatmaps = None if self.heatmaps_path is None else self._temp_path(self.heatmaps_path, token, kind)
+        try:
+            return GridFiles.create(grid, classes, heatmaps, card, self._tags)
+        except (OSError, rasterio.errors.RasterioError) as exc:
+            raise OutputPathError(
+                f"Cannot write '{self.output_path}': creating a file in '{classes.parent}' failed ({exc}); choose a "
+                "writable folder with enough free space."
+            ) from exc
+
+    def _temp_path(self, final: Path, token: str, kind: str) -> Path:
+        path = final.with_name(f".{final.stem}.{token}.{kind}.tmp.tif")
+        self._temps.extend([path, path.with_name(path.name + ".aux.xml")])
+        return path
+
+    # --- writing -------------------------------------------------------------------------------------------
+
+    def write_rows(self, row_off: int, probs: NDArray[np.float32], valid: NDArray[np.bool_]) -> None:
+        """Write finished rows of class probabilities.
+
+        Args:
+            row_off: First row on the processing grid; rows must arrive in order without gaps.
+            probs: (K, rows, source.width) class probabilities.
+            valid: (rows, source.width) mask; False rows/pixels are written as nodata.
+
+        Raises:
+            ValueError: If rows arrive out of order or the shapes do not match the grid (a caller bug).
+        """
+        if self._finished:
+            raise ValueError("write_rows() after commit() or abort(); create a new SegmentationWriter.")
+        k, rows, width = probs.shape
+        if row_off != self._next_row or width != self._source.width or k != self._card.num_classes:
+            raise ValueError(
+                f"write_rows(row_off={row_off}, probs {probs.shape}) does not continue the grid: expected row "
+                f"{self._next_row} and shape ({self._card.num_classes}, rows, {self._source.width})."
+            )
+        if valid.shape != (rows, width) or row_off + rows > self._source.height:
+            raise ValueError(f"valid {valid.shape} must be ({rows}, {width}) within {self._source.height} rows.")
+        finite = np.isfinite(probs).all(axis=0)
+        valid = valid & finite
+        self._nonfinite_pixels += int((~finite).sum())
+        classes = np.argmax(probs, axis=0).astype(np.uint8)
+        classes[~valid] = NODATA_CLASS
+        heat = None if self.heatmaps_path is None else quantize_probabilities(probs, valid)
+        try:
+            (self._processing or self._final).write(row_off, classes, heat)
+        except (OSError, rasterio.errors.RasterioError) as exc:
+            raise _write_error(self.output_path, exc) from exc
+        self._next_row = row_off + rows
+
+    def commit(self) -> None:
+        """Finish the outputs and move them into place.
+
+        Raises:
+            ValueError: If not every row was written.
+            OutputPathError: If a file cannot be moved into place (e.g. open in another program).
+        """
+        if self._finished:
+            raise ValueError("commit() called twice or after abort().")
+        try:
+            if self._next_row != self._source.height:
+                raise ValueError(f"commit() after {self._next_row} of {self._source.height} rows; write every row.")
+            if self._nonfinite_pixels:
+                logger.warning(
+                    "%d pixels had non-finite probabilities and were written as nodata.", self._nonfinite_pixels
+                )
+            try:
+                if self._processing is not None:
+                    self._processing.close()
+                    self._resample_back(self._processing)
+                self._final.close()
+            except (OSError, rasterio.errors.RasterioError) as exc:
+                raise _write_error(self.output_path, exc) from exc
+            self.class_pixel_counts = self._final.class_pixel_counts
+            self.valid_pixel_count = sum(self.class_pixel_counts)
+            self._final.write_category_names(self._card)
+            finals = self._finalise_files()
+            _move_into_place(finals)
+        except BaseException:
+            self.abort()
+            raise
+        self._finished = True
+        self._remove_temps()
+
+    def abort(self) -> None:
+        """Delete every temp file; nothing is left at the output paths. Safe to call more than once."""
+        self._finished = True
+        for files in (getattr(self, "_final", None), getattr(self, "_processing", None)):
+            if files is not None:
+                files.close(discard=True)
+        self._remove_temps()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self._finished:
+            if exc_type is None:
+                logger.warning("SegmentationWriter closed without commit(): outputs discarded.")
+            self.abort()
+
+    # --- finishing -----------------------------------------------------------------------------------------
+
+    def _resample_back(self, grid: GridFiles) -> None:
+        """Resample the processing-grid results onto the input grid, block row by block row."""
+        source, final = self._source, self._final
+        warp = {"crs": source.crs, "transform": source.transform, "height": source.input_height}
+        with (
+            rasterio.open(grid.classes_path) as classes_src,
+            WarpedVRT(classes_src, width=source.input_width, resampling=Resampling.nearest, **warp) as classes_vrt,
+        ):
+            heat_src = None if grid.heatmaps_path is None else rasterio.open(grid.heatmaps_path)
+            try:
+                heat_vrt = None
+                if heat_src is not None:
+                    heat_vrt = WarpedVRT(
+                        heat_src, width=source.input_width, resampling=Resampling.bilinear, dtype="float32",
+                        src_nodata=HEATMAP_NODATA, nodata=HEATMAP_NODATA, **warp,
+                    )  # fmt: skip
+                for row_off in range(0, source.input_height, BLOCK_SIZE_PX):
+                    rows = min(BLOCK_SIZE_PX, source.input_height - row_off)
+                    classes = np.empty((rows, source.input_width), dtype=np.uint8)
+                    heat = None if heat_vrt is None else np.empty((self._card.num_classes, *classes.shape), np.uint16)
+                    for col_off in range(0, source.input_width, _RESAMPLE_CHUNK_PX):
+                        cols = min(_RESAMPLE_CHUNK_PX, source.input_width - col_off)
+                        window = Window(col_off, row_off, cols, rows)
+                        chunk = classes_vrt.read(1, window=window)
+                        if not source.closed:  # cut to the input grid's own nodata / mask / extent exactly
+                            chunk[~source.read_input_valid(window)] = NODATA_CLASS
+                        classes[:, col_off : col_off + cols] = chunk
+                        if heat is not None and heat_vrt is not None:
+                            warped = heat_vrt.read(window=window)
+                            heat[:, :, col_off : col_off + cols] = requantize_heatmaps(warped, chunk)
+                    final.write(row_off, classes, heat)
+                if heat_vrt is not None:
+                    heat_vrt.close()
+            finally:
+                if heat_src is not None:
+                    heat_src.close()
+
+    def _finalise_files(self) -> list[tuple[Path, Path]]:
+        """(temp, destination) pairs to move, after the optional COG conversion."""
+        pairs = [(self._final.classes_path, self.output_path)]
+        if self.heatmaps_path is not None and self._final.heatmaps_path is not None:
+            pairs.append((self._final.heatmaps_path, self.heatmaps_path))
+        if self._cog:
+            pairs = [
+                (_to_cog(temp, is_classes=dest == self.output_path, temps=self._temps), dest) for temp, dest in pairs
+            ]
+        moves: list[tuple[Path, Path]] = []
+        for temp, dest in pairs:
+            aux = temp.with_name(temp.name + ".aux.xml")
+            dest_aux = dest.with_name(dest.name + ".aux.xml")
+            if aux.exists():
+                moves.append((aux, dest_aux))
+            elif dest_aux.exists():
+                dest_aux.unlink()  # it described the file about to be replaced (stale statistics, categories)
+            moves.append((temp, dest))
+        return moves
+
+    def _remove_temps(self) -> None:
+        for path in self._temps:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:  # leave the temp rather than mask the real outcome
+                logger.debug("Could not delete temp file %s: %s", path, exc)
+
+
+def _to_cog(path: Path, is_classes: bool, temps: list[Path]) -> Path:
+    """Copy a tiled GeoTIFF to a Cloud-Optimised GeoTIFF beside it (with overviews); return the COG's path."""
+    cog = path.with_name(path.name.replace(".tmp.tif", ".cog.tmp.tif"))
+    temps.extend([cog, cog.with_name(cog.name + ".aux.xml")])
+    rasterio.shutil.copy(
+        path, cog, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=BLOCK_SIZE_PX, BIGTIFF="IF_SAFER",
+        PREDICTOR="NO" if is_classes else "YES", NUM_THREADS="ALL_CPUS",
+        OVERVIEW_RESAMPLING="NEAREST" if is_classes else "AVERAGE",
+    )  # fmt: skip
+    aux = path.with_name(path.name + ".aux.xml")
+    if aux.exists():  # category names live in the PAM sidecar: carry them over
+        os.replace(aux, cog.with_name(cog.name + ".aux.xml"))
+    return cog
+
+
+def _write_error(output_path: Path, exc: BaseException) -> OutputPathError:
+    return OutputPathError(
+        f"Writing the outputs beside '{output_path}' failed ({exc}); is the disk full? Free space or choose another "
+        "folder."
+    )
+
+
+def _move_into_place(moves: list[tuple[Path, Path]]) -> None:
+    done: list[Path] = []
+    for temp, dest in moves:
+        try:
+            os.replace(temp, dest)
+        except OSError as exc:
+            for path in done:  # all or nothing: no half-written set of outputs
+                path.unlink(missing_ok=True)
+            raise OutputPathError(
+                f"Cannot write '{dest}' ({exc}); close it in any program that has it open, or choose another path."
+            ) from exc
+        done.append(dest)
+
+
+def _check_output_paths(output_path: Path, heatmaps_path: Path | None, input_path: Path) -> None:
+    """Fail early, naming the path and the fix, when an output cannot be written."""
+    paths = [output_path] if heatmaps_path is None else [output_path, heatmaps_path]
+    if heatmaps_path is not None and output_path.resolve() == heatmaps_path.resolve():
+        raise OutputPathError(f"OUTPUT and HEATMAPS are the same file '{output_path}'; give them different paths.")
+    for path in paths:
+        if path.resolve() == input_path.resolve():
+            raise OutputPathError(f"Output '{path}' is the input raster; choose another output path.")
+        if path.is_dir():
+            raise OutputPathError(f"Output '{path}' is a folder; give a file path such as '{path / 'classes.tif'}'.")
+        folder = path.parent
+        if not folder.is_dir():
+            raise OutputPathError(f"Output folder '{folder}' does not exist; create it or choose another output path.")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputPathError(f"Output folder '{folder}' is not writable; choose a folder you can write to.")
+        if path.exists() and not os.access(path, os.W_OK):
+            raise OutputPathError(f"Output '{path}' exists and is read-only; delete it or choose another path.")
+        if path.suffix.lower() not in (".tif", ".tiff"):
+            logger.warning("Output '%s' is written as GeoTIFF whatever its extension; consider '.tif'.", path)
