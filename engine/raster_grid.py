@@ -7,7 +7,9 @@ rows of the raster) is complete and then written once, so no compressed block is
 from __future__ import annotations
 
 import logging
-import xml.etree.ElementTree as ET
+
+# Only ever parses the .aux.xml sidecar GDAL wrote for our own temporary output, never user input.
+import xml.etree.ElementTree as ET  # nosec B405
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,7 +178,8 @@ class GridFiles:
         would; writing it here needs no GDAL Python bindings (rasterio does not expose category names).
         """
         aux = self.classes_path.with_name(self.classes_path.name + ".aux.xml")
-        root = ET.parse(aux).getroot() if aux.exists() else ET.Element("PAMDataset")
+        # The sidecar is the one GDAL just wrote for our own temporary output, never user input.
+        root = ET.parse(aux).getroot() if aux.exists() else ET.Element("PAMDataset")  # nosec B314
         band = root.find("PAMRasterBand[@band='1']")
         if band is None:
             band = ET.SubElement(root, "PAMRasterBand", {"band": "1"})

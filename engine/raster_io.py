@@ -308,7 +308,6 @@ def _processing_grid(
 
 
 def _warped_reader(dataset: DatasetReader, transform: Affine, height: int, width: int, card: ModelCard) -> WarpedVRT:
-    assert card.gsd_m is not None  # only called for a processing grid built from it
     downsampling = width < dataset.width
     has_alpha = any(ci.name == "alpha" for ci in dataset.colorinterp)
     # An alpha band on the warped view carries every kind of source validity (nodata, internal mask,

@@ -1,0 +1,1 @@
+"""The BiCoR-Seg Processing algorithms, one module each."""

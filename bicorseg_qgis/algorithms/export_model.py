@@ -1,0 +1,138 @@
+"""``bicorseg:exportmodel``: PyTorch checkpoint with a model card -> ONNX file carrying the same card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from qgis.core import (
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingOutputString,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
+)
+
+from ..compat import FILE_BEHAVIOR_FILE, NUMBER_INTEGER, mark_advanced
+from .base import BiCoRSegAlgorithm
+
+
+class ExportModelAlgorithm(BiCoRSegAlgorithm):
+    """Export a trained checkpoint to ONNX so that it runs with ONNX Runtime alone (no PyTorch needed)."""
+
+    INPUT = "INPUT"
+    OUTPUT = "OUTPUT"
+    OPSET = "OPSET"
+    HEATMAPS = "HEATMAPS"
+    MODEL_NAME = "MODEL_NAME"
+
+    def name(self) -> str:
+        """Frozen algorithm id (``bicorseg:exportmodel``)."""
+        return "exportmodel"
+
+    def displayName(self) -> str:
+        """Toolbox title."""
+        return self.tr("Export model to ONNX")
+
+    def shortHelpString(self) -> str:
+        """Help shown beside the dialog."""
+        return self.tr(
+            "Converts a PyTorch checkpoint saved by the BiCoR-Seg training package (it carries a model card) into an "
+            "ONNX file with the same card, usable by 'Segment land cover' with the ONNX Runtime backend and by "
+            "the Deepness plugin. Needs PyTorch and onnx."
+        )
+
+    def initAlgorithm(self, configuration: dict[str, Any] | None = None) -> None:
+        """Declare parameters and outputs."""
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.INPUT,
+                self.tr("PyTorch checkpoint"),
+                behavior=FILE_BEHAVIOR_FILE,
+                fileFilter=self.tr("PyTorch checkpoints (*.pt *.pth *.ckpt)"),
+            )
+        )
+        self.addParameter(
+            mark_advanced(
+                QgsProcessingParameterNumber(
+                    self.OPSET, self.tr("ONNX opset"), NUMBER_INTEGER, defaultValue=17, minValue=11, maxValue=21
+                )
+            )
+        )
+        self.addParameter(
+            mark_advanced(
+                QgsProcessingParameterBoolean(
+                    self.HEATMAPS, self.tr("Also export the model's class heatmaps (BiCoR-Seg)"), defaultValue=False
+                )
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterFileDestination(self.OUTPUT, self.tr("ONNX model"), self.tr("ONNX models (*.onnx)"))
+        )
+        self.addOutput(QgsProcessingOutputString(self.MODEL_NAME, self.tr("Model name")))
+
+    def required_modules(
+        self, parameters: dict[str, Any], context: QgsProcessingContext
+    ) -> tuple[list[str], list[str]]:
+        """Exporting needs PyTorch and the onnx package."""
+        return ["numpy", "torch", "onnx"], []
+
+    def execute(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> dict[str, Any]:
+        """Load the checkpoint, rebuild the model from its card, and export it."""
+        from ..engine.errors import ModelLoadError
+        from ..engine.export import export_onnx
+        from ..engine.model_card import card_from_checkpoint, load_checkpoint
+        from ..engine.models import create_model
+
+        source = Path(self.parameterAsFile(parameters, self.INPUT, context))
+        if not source.is_file():
+            raise QgsProcessingException(
+                self.tr("Checkpoint '{path}' does not exist; choose the .pt file saved by training.").format(
+                    path=source
+                )
+            )
+        output = Path(self.parameterAsFileOutput(parameters, self.OUTPUT, context))
+        if output.suffix.lower() != ".onnx":
+            output = output.with_suffix(".onnx")
+        checkpoint = load_checkpoint(source)
+        card = card_from_checkpoint(checkpoint, source)
+        if card.architecture == "external":
+            raise QgsProcessingException(
+                self.tr(
+                    "Checkpoint '{path}' is not a BiCoR-Seg model (architecture 'external'); nothing to export."
+                ).format(path=source)
+            )
+        feedback.pushInfo(
+            self.tr("Rebuilding '{arch}' with {k} classes.").format(arch=card.architecture, k=card.num_classes)
+        )
+        feedback.setProgress(10)
+        try:
+            model = create_model(card.architecture, num_classes=card.num_classes, **dict(card.architecture_args))
+        except KeyError as exc:
+            raise ModelLoadError(str(exc.args[0]) if exc.args else str(exc)) from exc
+        state = checkpoint.get("state_dict")
+        if state is None:
+            raise ModelLoadError(f"Checkpoint '{source}' has no 'state_dict'; save it with training.checkpoints.")
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ModelLoadError(
+                f"The weights in '{source}' do not fit '{card.architecture}' as its card describes it: {exc}"
+            ) from exc
+        model.eval()
+        feedback.setProgress(30)
+        written = export_onnx(
+            model,
+            card,
+            output,
+            opset=self.parameterAsInt(parameters, self.OPSET, context),
+            heatmaps=self.parameterAsBool(parameters, self.HEATMAPS, context),
+        )
+        feedback.setProgress(100)
+        feedback.pushInfo(self.tr("Wrote {path}.").format(path=written))
+        return {self.OUTPUT: str(written), self.MODEL_NAME: card.name}

@@ -1,0 +1,335 @@
+"""``bicorseg:segmentlandcover``: parameters in, one call to the engine pipeline, styled layers out."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qgis.core import (
+    QgsFeatureRequest,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingOutputFile,
+    QgsProcessingOutputNumber,
+    QgsProcessingOutputString,
+    QgsProcessingParameterBand,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsRasterLayer,
+    QgsUnitTypes,
+)
+
+from .. import styling
+from ..compat import FILE_BEHAVIOR_FILE, NUMBER_INTEGER, POLYGON_SOURCE, mark_advanced
+from ..feedback import FeedbackProgress
+from ..layer_input import raster_input
+from .base import BiCoRSegAlgorithm
+
+DEVICES = ("auto", "cpu", "cuda")
+BACKENDS = ("auto", "onnxruntime", "torch")
+TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
+#: Share of the progress bar for reading a non-file layer into a temporary GeoTIFF.
+RENDER_PROGRESS_PERCENT = 20.0
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What the algorithm needs besides the engine request: the layer it came from and where reports go."""
+
+    layer: QgsRasterLayer
+    statistics_path: Path
+    rendered: bool
+
+
+class SegmentLandCoverAlgorithm(BiCoRSegAlgorithm):
+    """Segment land cover in a raster layer with a Hi-ResNet / BiCoR-Seg model (frozen public interface)."""
+
+    INPUT = "INPUT"
+    MODEL = "MODEL"
+    DEVICE = "DEVICE"
+    BACKEND = "BACKEND"
+    BANDS = "BANDS"
+    EXTENT = "EXTENT"
+    MASK = "MASK"
+    TILE_SIZE = "TILE_SIZE"
+    OVERLAP = "OVERLAP"
+    BATCH_SIZE = "BATCH_SIZE"
+    OUTPUT = "OUTPUT"
+    HEATMAPS = "HEATMAPS"
+    DEVICE_USED = "DEVICE_USED"
+    BACKEND_USED = "BACKEND_USED"
+    CLASS_STATISTICS = "CLASS_STATISTICS"
+    VALID_PIXELS = "VALID_PIXELS"
+
+    def name(self) -> str:
+        """Frozen algorithm id (``bicorseg:segmentlandcover``)."""
+        return "segmentlandcover"
+
+    def displayName(self) -> str:
+        """Toolbox title."""
+        return self.tr("Segment land cover")
+
+    def shortHelpString(self) -> str:
+        """Help shown beside the dialog."""
+        return self.tr(
+            "Classifies every pixel of a raster layer into land-cover classes with a Hi-ResNet or BiCoR-Seg model. "
+            "The raster is processed in overlapping tiles whose class probabilities are blended, so there are no "
+            "seams. Works with any raster layer: files are read directly, web and in-memory layers are read "
+            "through QGIS at their native resolution or at the model's.\n\n"
+            "MODEL: an .onnx file or PyTorch checkpoint carrying a model card; empty uses the bundled model.\n"
+            "BANDS: input bands in the model's order (default: matched from the card).\n"
+            "EXTENT / MASK: process only this area / inside these polygons; elsewhere the output is nodata (255).\n"
+            "TILE_SIZE, BATCH_SIZE: 0 takes the model card's values; OVERLAP: -1 takes the card's.\n"
+            "OUTPUT: class raster (UInt8, colour table and class names). HEATMAPS: one probability band per class.\n"
+            "A CSV of the area of each class is written beside OUTPUT."
+        )
+
+    def initAlgorithm(self, configuration: dict[str, Any] | None = None) -> None:
+        """Declare the frozen parameters (names, types and enum strings are a public interface)."""
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster layer")))
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.MODEL,
+                self.tr("Model file (.onnx or PyTorch checkpoint with a model card; empty = bundled model)"),
+                behavior=FILE_BEHAVIOR_FILE,
+                fileFilter=self.tr("Models (*.onnx *.pt *.pth *.ckpt);;All files (*.*)"),
+                optional=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterEnum(
+                self.DEVICE, self.tr("Device"), options=list(DEVICES), defaultValue="auto", usesStaticStrings=True
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterEnum(
+                self.BACKEND, self.tr("Backend"), options=list(BACKENDS), defaultValue="auto", usesStaticStrings=True
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterBand(
+                self.BANDS,
+                self.tr("Input bands in the model's order (empty = from the model card)"),
+                parentLayerParameterName=self.INPUT,
+                optional=True,
+                allowMultiple=True,
+            )
+        )
+        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Process only this extent"), optional=True))
+        self.addParameter(
+            QgsProcessingParameterFeatureSource(
+                self.MASK, self.tr("Process only inside these polygons"), [POLYGON_SOURCE], optional=True
+            )
+        )
+        # "From the model card" is 0 for tile and batch size (never valid values) and -1 for the overlap, so that
+        # an overlap of 0 can still be asked for.
+        for name, label, card_value in (
+            (self.TILE_SIZE, self.tr("Tile size in pixels (0 = from the model card)"), 0),
+            (self.OVERLAP, self.tr("Tile overlap in pixels (-1 = from the model card)"), -1),
+            (self.BATCH_SIZE, self.tr("Tiles per batch (0 = automatic)"), 0),
+        ):
+            self.addParameter(
+                mark_advanced(
+                    QgsProcessingParameterNumber(
+                        name, label, NUMBER_INTEGER, defaultValue=card_value, minValue=card_value
+                    )
+                )
+            )
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Land cover")))
+        self.addParameter(
+            QgsProcessingParameterRasterDestination(
+                self.HEATMAPS, self.tr("Class probability heatmaps"), optional=True, createByDefault=False
+            )
+        )
+        self.addOutput(QgsProcessingOutputString(self.DEVICE_USED, self.tr("Device used")))
+        self.addOutput(QgsProcessingOutputString(self.BACKEND_USED, self.tr("Backend used")))
+        self.addOutput(QgsProcessingOutputFile(self.CLASS_STATISTICS, self.tr("Class area statistics (CSV)")))
+        self.addOutput(QgsProcessingOutputNumber(self.VALID_PIXELS, self.tr("Number of classified pixels")))
+
+    def required_modules(
+        self, parameters: dict[str, Any], context: QgsProcessingContext
+    ) -> tuple[list[str], list[str]]:
+        """Numpy + rasterio always; the backend the parameters ask for (any one for ``auto``)."""
+        backend = self.parameterAsEnumString(parameters, self.BACKEND, context) or "auto"
+        model = self.parameterAsFile(parameters, self.MODEL, context)
+        required = ["numpy", "rasterio"]
+        if backend == "torch" or Path(model).suffix.lower() in TORCH_SUFFIXES:
+            return [*required, "torch"], []
+        if backend == "onnxruntime":
+            return [*required, "onnxruntime"], []
+        return required, ["onnxruntime", "torch"]
+
+    def execute(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> dict[str, Any]:
+        """Build the request, run the engine on this (background) thread, report, and attach the styles."""
+        from ..engine.pipeline import segment_raster
+
+        request, run = self.build_request(parameters, context, feedback)
+        start = RENDER_PROGRESS_PERCENT if run.rendered else 0.0
+        progress = FeedbackProgress(feedback, start_percent=start, span_percent=100.0 - start)
+        try:
+            result = segment_raster(request, progress=progress)
+        finally:
+            if run.rendered:
+                Path(request.input_path).unlink(missing_ok=True)
+        feedback.setProgress(100.0)
+        feedback.pushInfo(
+            self.tr("Backend: {backend}; device: {device} ({reason}); {tiles} tiles in {seconds:.1f} s.").format(
+                backend=result.backend,
+                device=result.device,
+                reason=result.device_reason,
+                tiles=result.tile_count,
+                seconds=result.elapsed_s,
+            )
+        )
+        self.write_class_statistics(run.statistics_path, result, feedback)
+        self.style_outputs(result, run.layer.name(), context, feedback)
+        outputs: dict[str, Any] = {
+            self.OUTPUT: str(result.output_path),
+            self.DEVICE_USED: result.device,
+            self.BACKEND_USED: result.backend,
+            self.CLASS_STATISTICS: str(run.statistics_path),
+            self.VALID_PIXELS: result.valid_pixel_count,
+        }
+        outputs[self.HEATMAPS] = str(result.heatmaps_path) if result.heatmaps_path is not None else None
+        return outputs
+
+    def build_request(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> tuple[Any, _Run]:
+        """The ONE place that reads this algorithm's parameters: returns the engine request and run details."""
+        from ..engine.backends import resolve_model_path
+        from ..engine.model_card import read_card
+        from ..engine.pipeline import SegmentationRequest
+
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        if layer is None or not layer.isValid():
+            raise QgsProcessingException(self.invalidRasterError(parameters, self.INPUT))
+        model_text = self.parameterAsFile(parameters, self.MODEL, context).strip()
+        if model_text and not Path(model_text).is_file():
+            raise QgsProcessingException(
+                self.tr(
+                    "Model file '{path}' does not exist; choose an existing .onnx/.pt file or leave MODEL empty."
+                ).format(path=model_text)
+            )
+        model_path = resolve_model_path(model_text or None)
+        bands = tuple(self.parameterAsInts(parameters, self.BANDS, context) or ()) or None
+        for band in bands or ():
+            if not 1 <= band <= layer.bandCount():
+                raise QgsProcessingException(
+                    self.tr("Band {band} does not exist: layer '{name}' has bands 1 to {count}; fix BANDS.").format(
+                        band=band, name=layer.name(), count=layer.bandCount()
+                    )
+                )
+        extent = None
+        if parameters.get(self.EXTENT) not in (None, ""):
+            rect = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
+            if not rect.isNull():
+                extent = rect
+        output = Path(self.parameterAsOutputLayer(parameters, self.OUTPUT, context))
+        heatmaps_text = self.parameterAsOutputLayer(parameters, self.HEATMAPS, context)
+        for path in (output, Path(heatmaps_text) if heatmaps_text else None):
+            if path is not None and path.suffix.lower() not in (".tif", ".tiff"):
+                raise QgsProcessingException(
+                    self.tr("Output '{path}' must be a GeoTIFF (.tif); change its file extension.").format(path=path)
+                )
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)  # as QGIS's own raster writers do
+        mask = self._mask_geometries(parameters, context, layer)
+        card = read_card(model_path)
+        progress = FeedbackProgress(feedback, 0.0, RENDER_PROGRESS_PERCENT)
+        source = raster_input(layer, extent, card.gsd_m, context, feedback, progress)
+        overlap = self.parameterAsInt(parameters, self.OVERLAP, context)
+        request = SegmentationRequest(
+            input_path=source.path,
+            output_path=output,
+            heatmaps_path=Path(heatmaps_text) if heatmaps_text else None,
+            model_path=model_path,
+            device=self.parameterAsEnumString(parameters, self.DEVICE, context) or "auto",
+            backend=self.parameterAsEnumString(parameters, self.BACKEND, context) or "auto",
+            bands=bands,
+            tile_size_px=self.parameterAsInt(parameters, self.TILE_SIZE, context) or None,
+            overlap_px=overlap if overlap >= 0 else None,
+            batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context) or None,
+            extent=None
+            if extent is None
+            else (extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()),
+            mask_geometries=mask,
+        )
+        statistics = output.with_name(output.stem + "_class_statistics.csv")
+        return request, _Run(layer=layer, statistics_path=statistics, rendered=source.rendered)
+
+    def _mask_geometries(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, layer: QgsRasterLayer
+    ) -> tuple[dict[str, Any], ...] | None:
+        """MASK polygons reprojected to the raster's CRS, as GeoJSON geometry mappings."""
+        if parameters.get(self.MASK) in (None, ""):
+            return None
+        source = self.parameterAsSource(parameters, self.MASK, context)
+        if source is None:
+            raise QgsProcessingException(self.invalidSourceError(parameters, self.MASK))
+        request = QgsFeatureRequest().setDestinationCrs(layer.crs(), context.transformContext())
+        request.setNoAttributes()
+        geometries = tuple(
+            json.loads(feature.geometry().asJson())
+            for feature in source.getFeatures(request)
+            if feature.hasGeometry() and not feature.geometry().isEmpty()
+        )
+        if not geometries:
+            raise QgsProcessingException(
+                self.tr("MASK has no polygons; choose a layer with polygons or leave it empty.")
+            )
+        return geometries
+
+    def write_class_statistics(self, path: Path, result: Any, feedback: QgsProcessingFeedback) -> None:
+        """Write and log pixels, area (map units) and percent of each class, from the engine's pixel counts."""
+        layer = QgsRasterLayer(str(result.output_path), "classes", "gdal")
+        pixel_area = layer.rasterUnitsPerPixelX() * layer.rasterUnitsPerPixelY()
+        units = QgsUnitTypes.toString(layer.crs().mapUnits()) if layer.crs().isValid() else self.tr("pixels")
+        if not layer.crs().isValid():
+            pixel_area = 1.0
+        total = max(result.valid_pixel_count, 1)
+        rows = [
+            (index, name, count, count * pixel_area, 100.0 * count / total)
+            for index, (name, count) in enumerate(zip(result.card.class_names, result.class_pixel_counts, strict=True))
+        ]
+        with path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["class_index", "class_name", "pixels", "area_map_units", "percent"])
+            for index, name, count, area, percent in rows:
+                writer.writerow([index, name, count, f"{area:.6g}", f"{percent:.4f}"])
+        feedback.pushInfo(self.tr("Class areas (map units: {units}):").format(units=units))
+        for _, name, count, area, percent in rows:
+            feedback.pushInfo(f"  {name}: {count} px, {area:.6g}, {percent:.2f} %")
+
+    def style_outputs(
+        self, result: Any, input_name: str, context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> None:
+        """Write QML sidecars and, for outputs QGIS will load, attach the post-processors of one group."""
+        names, colours = result.card.class_names, result.card.class_colors
+        styling.write_class_qml(Path(result.output_path), names, colours)
+        group = styling.OutputGroup(self.tr("Land cover: {name}").format(name=input_name))
+        styling.attach_post_processor(
+            context,
+            str(result.output_path),
+            styling.ClassLayerPostProcessor(names, colours, group),
+            self.tr("Land cover ({model})").format(model=result.card.name),
+        )
+        if result.heatmaps_path is not None:
+            styling.write_heatmap_qml(Path(result.heatmaps_path), band=1)
+            styling.attach_post_processor(
+                context,
+                str(result.heatmaps_path),
+                styling.HeatmapLayerPostProcessor(names, group, self.tr("{name} probability")),
+                self.tr("Class probabilities"),
+            )

@@ -1,0 +1,195 @@
+"""Styles for the outputs: paletted class layer, pseudocolour heatmaps, QML sidecars, one layer-tree group.
+
+Renderers are built from the model card's class names and colours. The QML files written beside the outputs
+(``classes.tif`` -> ``classes.qml``) are what QGIS loads by default with the file, so the style survives
+``qgis_process`` and later sessions; the GeoTIFF's own colour table keeps it in other GIS software.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from qgis.core import (
+    QgsColorRampShader,
+    QgsGradientColorRamp,
+    QgsLayerTreeGroup,
+    QgsMapLayer,
+    QgsPalettedRasterRenderer,
+    QgsProcessingContext,
+    QgsProcessingFeedback,
+    QgsProcessingLayerPostProcessorInterface,
+    QgsProject,
+    QgsRasterDataProvider,
+    QgsRasterLayer,
+    QgsRasterShader,
+    QgsSingleBandPseudoColorRenderer,
+)
+from qgis.PyQt.QtGui import QColor
+
+from .compat import RAMP_INTERPOLATED
+
+# Probability ramp (0 -> 1): dark blue through teal to yellow, readable on aerial imagery and for colour-blind users.
+_RAMP_STOPS = ("#30123b", "#1f9e89", "#fde725")
+
+
+def class_renderer(
+    provider: QgsRasterDataProvider, class_names: Sequence[str], class_colors: Sequence[str]
+) -> QgsPalettedRasterRenderer:
+    """Paletted renderer on band 1: class index i is drawn in ``class_colors[i]`` and labelled ``class_names[i]``."""
+    classes = [
+        QgsPalettedRasterRenderer.Class(index, QColor(colour), name)
+        for index, (name, colour) in enumerate(zip(class_names, class_colors, strict=True))
+    ]
+    return QgsPalettedRasterRenderer(provider, 1, classes)
+
+
+def heatmap_renderer(provider: QgsRasterDataProvider, band: int) -> QgsSingleBandPseudoColorRenderer:
+    """Pseudocolour renderer of one heatmap band over the probability range 0..1."""
+    ramp = QgsGradientColorRamp(QColor(_RAMP_STOPS[0]), QColor(_RAMP_STOPS[-1]))
+    ramp_shader = QgsColorRampShader(0.0, 1.0, ramp, RAMP_INTERPOLATED)
+    items = [
+        QgsColorRampShader.ColorRampItem(value, QColor(colour), f"{value:.1f}")
+        for value, colour in zip((0.0, 0.5, 1.0), _RAMP_STOPS, strict=True)
+    ]
+    ramp_shader.setColorRampItemList(items)
+    shader = QgsRasterShader(0.0, 1.0)
+    shader.setRasterShaderFunction(ramp_shader)
+    renderer = QgsSingleBandPseudoColorRenderer(provider, band, shader)
+    renderer.setClassificationMin(0.0)
+    renderer.setClassificationMax(1.0)
+    return renderer
+
+
+def style_class_layer(layer: QgsRasterLayer, class_names: Sequence[str], class_colors: Sequence[str]) -> None:
+    """Apply the paletted class style to a loaded class raster layer."""
+    layer.setRenderer(class_renderer(layer.dataProvider(), class_names, class_colors))
+    layer.triggerRepaint()
+
+
+def style_heatmap_layer(layer: QgsRasterLayer, band: int) -> None:
+    """Apply the probability style of ``band`` to a loaded heatmap layer."""
+    layer.setRenderer(heatmap_renderer(layer.dataProvider(), band))
+    layer.triggerRepaint()
+
+
+def sidecar_qml_path(raster_path: Path) -> Path:
+    """Where QGIS looks for a raster's default style: same folder and stem, ``.qml``."""
+    return raster_path.with_suffix(".qml")
+
+
+def write_class_qml(raster_path: Path, class_names: Sequence[str], class_colors: Sequence[str]) -> Path:
+    """Write the paletted class style beside ``raster_path`` and return the QML path."""
+    layer = QgsRasterLayer(str(raster_path), raster_path.stem, "gdal")
+    style_class_layer(layer, class_names, class_colors)
+    return _save_qml(layer, raster_path)
+
+
+def write_heatmap_qml(raster_path: Path, band: int = 1) -> Path:
+    """Write the probability style of one heatmap band beside ``raster_path`` and return the QML path."""
+    layer = QgsRasterLayer(str(raster_path), raster_path.stem, "gdal")
+    style_heatmap_layer(layer, band)
+    return _save_qml(layer, raster_path)
+
+
+def _save_qml(layer: QgsRasterLayer, raster_path: Path) -> Path:
+    qml = sidecar_qml_path(raster_path)
+    message, saved = layer.saveNamedStyle(str(qml))
+    if not saved:
+        raise OSError(f"Cannot write the style file '{qml}': {message}")
+    return qml
+
+
+class OutputGroup:
+    """One layer-tree group shared by every output of one run (QGIS 3.22's LayerDetails has no groupName)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._group: QgsLayerTreeGroup | None = None
+
+    def node(self, project: QgsProject) -> QgsLayerTreeGroup:
+        """The run's group, created at the top of the layer tree on first use."""
+        if self._group is None:
+            self._group = project.layerTreeRoot().insertGroup(0, self.name)
+        return self._group
+
+    def adopt(self, layer: QgsMapLayer, project: QgsProject, position: int = -1, visible: bool = True) -> None:
+        """Move ``layer`` (already in the project, or not yet) into the group at ``position`` (-1: last)."""
+        group = self.node(project)
+        root = project.layerTreeRoot()
+        if layer.id() not in project.mapLayers():
+            project.addMapLayer(layer, False)
+        old = root.findLayer(layer.id())
+        new = group.insertLayer(position if position >= 0 else len(group.children()), layer)
+        if old is not None and old.parent() is not None:
+            old.parent().removeChildNode(old)
+        new.setItemVisibilityChecked(visible)
+
+
+def _project_of(context: QgsProcessingContext) -> QgsProject:
+    return context.project() or QgsProject.instance()
+
+
+class ClassLayerPostProcessor(QgsProcessingLayerPostProcessorInterface):
+    """Styles the loaded class raster with the card's palette and moves it into the run's group."""
+
+    def __init__(self, class_names: Sequence[str], class_colors: Sequence[str], group: OutputGroup):
+        super().__init__()
+        self.class_names = tuple(class_names)
+        self.class_colors = tuple(class_colors)
+        self.group = group
+
+    def postProcessLayer(
+        self, layer: QgsMapLayer, context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> None:
+        """Runs on the main thread once the layer is in the project."""
+        if not isinstance(layer, QgsRasterLayer):
+            return
+        style_class_layer(layer, self.class_names, self.class_colors)
+        self.group.adopt(layer, _project_of(context), position=0)
+
+
+class HeatmapLayerPostProcessor(QgsProcessingLayerPostProcessorInterface):
+    """Shows the heatmap file as one pseudocolour layer per class (named by class), hidden, in the run's group."""
+
+    def __init__(self, class_names: Sequence[str], group: OutputGroup, name_template: str = "{name} probability"):
+        super().__init__()
+        self.class_names = tuple(class_names)
+        self.group = group
+        self.name_template = name_template
+        self.layers: list[QgsRasterLayer] = []
+
+    def postProcessLayer(
+        self, layer: QgsMapLayer, context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> None:
+        """Style the loaded layer as class 0 and add one more layer per further class."""
+        if not isinstance(layer, QgsRasterLayer):
+            return
+        project = _project_of(context)
+        self.layers = [layer]
+        for _ in range(2, min(len(self.class_names), layer.bandCount()) + 1):
+            self.layers.append(QgsRasterLayer(layer.source(), "", layer.providerType()))
+        for band, band_layer in enumerate(self.layers, start=1):
+            band_layer.setName(self.name_template.format(name=self.class_names[band - 1]))
+            style_heatmap_layer(band_layer, band)
+            self.group.adopt(band_layer, project, visible=False)
+
+
+_LIVE_POST_PROCESSORS: dict[str, QgsProcessingLayerPostProcessorInterface] = {}
+
+
+def attach_post_processor(
+    context: QgsProcessingContext, output: str, post_processor: QgsProcessingLayerPostProcessorInterface, name: str
+) -> bool:
+    """Attach ``post_processor`` to ``output`` if it will be loaded; returns whether it will.
+
+    QGIS keeps only a C++ pointer to the post-processor, so a Python reference must outlive the run: the
+    latest post-processor of each output path is kept in a module-level dict.
+    """
+    if not context.willLoadLayerOnCompletion(output):
+        return False
+    details = context.layerToLoadOnCompletionDetails(output)
+    details.name = name
+    details.setPostProcessor(post_processor)
+    _LIVE_POST_PROCESSORS[output] = post_processor
+    return True
