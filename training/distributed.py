@@ -1,0 +1,94 @@
+"""Distributed set-up for ``torchrun``: one process per device, DDP over gloo (CPU) or nccl (CUDA).
+
+Without ``torchrun`` (no ``WORLD_SIZE`` in the environment) everything runs in one process and the collective
+helpers return their input unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from numpy.typing import NDArray
+
+from engine.errors import BackendUnavailableError
+
+__all__ = ["Distributed", "all_reduce_sum", "broadcast_flag", "select_device", "setup_distributed"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in the run.
+
+    Attributes:
+        rank: Global process index (0 writes files).
+        world_size: Number of processes.
+        local_rank: Process index on this machine (its CUDA device index).
+        device: Device this process trains on.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes logs and checkpoints."""
+        return self.rank == 0
+
+    def close(self) -> None:
+        """Leave the process group (if one was joined)."""
+        if self.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def select_device(preference: str, local_rank: int = 0) -> torch.device:
+    """The training device: ``auto`` takes CUDA when usable; ``cuda`` without CUDA is an error that says why."""
+    if preference == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
+    if preference == "cuda":
+        reason = "torch was built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+        raise BackendUnavailableError(f"run.device is 'cuda' but {reason}; use --set run.device=cpu or auto.")
+    return torch.device("cpu")
+
+
+def setup_distributed(preference: str) -> Distributed:
+    """Join the ``torchrun`` process group when launched by it (gloo on CPU, nccl on CUDA), else run alone."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = select_device(preference, local_rank)
+    if world_size > 1:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        logger.info("Process %d of %d on %s.", rank, world_size, device)
+    return Distributed(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def all_reduce_sum(array: NDArray[np.int64], ctx: Distributed) -> NDArray[np.int64]:
+    """Element-wise sum of an integer array over all processes (e.g. confusion matrices of each shard)."""
+    if ctx.world_size == 1:
+        return array
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64)).to(ctx.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.cpu().numpy()
+
+
+def broadcast_flag(flag: bool, ctx: Distributed) -> bool:
+    """True on every process when it is True on any (so all processes stop at the same epoch)."""
+    if ctx.world_size == 1:
+        return flag
+    tensor = torch.tensor([1 if flag else 0], dtype=torch.int64, device=ctx.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
