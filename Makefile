@@ -30,4 +30,4 @@ package: setup
 	$(PY) scripts/package_plugin.py
 
 benchmarks: setup
-	$(PY) -m benchmarks.run_all
+	$(PY) -m benchmarks.engine_throughput && $(PY) -m benchmarks.engine_memory && $(PY) benchmarks/models_cpu.py --quick

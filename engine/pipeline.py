@@ -1,0 +1,369 @@
+"""The segmentation pipeline: raster in, class raster (+ heatmaps) out, in bounded memory.
+
+One loop serves the QGIS plugin, the command line and the benchmarks:
+
+1. read the model card, open the raster on the processing grid, load the backend (and say which and why);
+2. walk the tile grid one tile row at a time, reading tiles boundless and batching the ones with any valid
+   pixel (tiles that are all nodata / masked / outside the extent never reach the model);
+3. blend each tile's class probabilities into a :class:`~engine.stitching.StripAccumulator` that spans one
+   tile row (``K x tile x width`` float32);
+4. after each tile row, hand the rows no later tile can touch to
+   :meth:`~engine.raster_io.SegmentationWriter.write_rows` (through a write-behind thread, so compression
+   overlaps the next model calls) and reuse the strip.
+
+So peak memory grows with tile size x raster width, never with the raster's area: no full-size array exists.
+The writer writes to temporary files and moves them into place only on commit, so a failure, a cancel or
+Ctrl-C leaves nothing at the output paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+from rasterio.windows import Window
+
+from . import __version__
+from .backends import InferenceBackend, load_backend, resolve_model_path
+from .errors import CanceledError, InvalidInputError, InvalidRasterError, ModelLoadError
+from .model_card import ModelCard, read_card
+from .progress import NullProgress, ProgressReporter
+from .raster_io import RasterSource, SegmentationWriter
+from .request import TTA_MODES, SegmentationRequest, SegmentationResult, check_output_paths, resolve_tiling
+from .stitching import StripAccumulator
+from .tiling import TilingSpec, iter_tile_rows, tile_count
+from .write_behind import RowWriter, WriteBehind
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "TTA_MODES",
+    "WRITE_CHUNK_ROWS",
+    "SegmentationRequest",
+    "SegmentationResult",
+    "StitchStats",
+    "check_output_paths",
+    "count_classes",
+    "file_sha256",
+    "make_predictor",
+    "provenance_tags",
+    "resolve_tiling",
+    "segment_raster",
+    "stitch_raster",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Tiles per model call when neither the request nor the card says otherwise.
+DEFAULT_BATCH_SIZE = 4
+#: Rows per write_rows call: the writer's temporaries (argmax, quantisation) scale with rows x width.
+WRITE_CHUNK_ROWS = 32
+#: Share of the progress bar given to tiles; the rest is finalising the outputs.
+_TILES_SHARE = 0.98
+
+Predictor = Callable[[NDArray[np.float32]], NDArray[np.float32]]
+
+
+class TileSource(Protocol):
+    """The part of :class:`~engine.raster_io.RasterSource` the tile loop uses."""
+
+    @property
+    def height(self) -> int: ...
+
+    @property
+    def width(self) -> int: ...
+
+    def read_tile(self, window: Window) -> tuple[NDArray[np.float32], NDArray[np.bool_]]: ...
+
+
+@dataclass
+class StitchStats:
+    """Counts gathered while stitching, on the processing grid.
+
+    Attributes:
+        tile_count: Tiles in the grid.
+        tiles_run: Tiles that went through the model (the others were entirely invalid).
+        class_pixel_counts: Pixels per class (argmax of the blended probabilities).
+        valid_pixel_count: Pixels with a class.
+        strip_bytes: Memory held by the stitching strip.
+    """
+
+    tile_count: int
+    tiles_run: int = 0
+    class_pixel_counts: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    valid_pixel_count: int = 0
+    strip_bytes: int = 0
+
+
+def stitch_raster(
+    source: TileSource,
+    writer: RowWriter,
+    predict: Predictor,
+    spec: TilingSpec,
+    num_classes: int,
+    stitching: str = "gaussian",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: ProgressReporter | None = None,
+    count_classes: bool = True,
+) -> StitchStats:
+    """Tile ``source``, run ``predict`` on batches of tiles, blend and stream finished rows to ``writer``.
+
+    Args:
+        source: Gives normalised (C, T, T) tiles and their (T, T) valid masks, boundless.
+        writer: Receives ``(row_off, probs (K, rows, width), valid (rows, width))`` in row order, each row once.
+        predict: (B, C, T, T) -> (B, K, T, T) class probabilities.
+        spec: The tiling.
+        num_classes: K.
+        stitching: Name of the blending strategy.
+        batch_size: Tiles per ``predict`` call.
+        progress: Gets a monotonic fraction in [0, 0.98] and is asked about cancellation between batches.
+        count_classes: Count pixels per class (an extra argmax; skip it when the writer counts them).
+
+    Raises:
+        CanceledError: If ``progress`` reports a cancel (the caller aborts the writer).
+    """
+    reporter = progress if progress is not None else NullProgress()
+    height, width = source.height, source.width
+    stats = StitchStats(tile_count=tile_count(height, width, spec))
+    stats.class_pixel_counts = np.zeros(num_classes, dtype=np.int64)
+    accumulator = StripAccumulator(num_classes, height, width, spec, stitching)
+    stats.strip_bytes = accumulator.nbytes
+
+    def sink(row_off: int, probs: NDArray[np.float32], valid: NDArray[np.bool_]) -> None:
+        writer.write_rows(row_off, probs, valid)
+        stats.valid_pixel_count += int(np.count_nonzero(valid))
+        if count_classes:
+            labels = np.argmax(probs, axis=0)
+            stats.class_pixel_counts += np.bincount(labels[valid], minlength=num_classes)[:num_classes]
+
+    tiles_seen = 0
+
+    def run_batch(batch: list[tuple[Window, NDArray[np.float32], NDArray[np.bool_]]]) -> None:
+        _check_canceled(reporter)
+        probs = predict(np.stack([tile for _, tile, _ in batch]))
+        for (window, _, valid), tile_probs in zip(batch, probs, strict=True):
+            accumulator.add(window, tile_probs, valid)
+        stats.tiles_run += len(batch)
+        reporter.set_progress(_TILES_SHARE * tiles_seen / stats.tile_count)
+
+    for row in iter_tile_rows(height, width, spec):
+        pending: list[tuple[Window, NDArray[np.float32], NDArray[np.bool_]]] = []
+        for window in row:
+            tile, valid = source.read_tile(window)
+            tiles_seen += 1
+            if not valid.any():
+                continue  # nothing to classify: never costs a model call
+            pending.append((window, tile, valid))
+            if len(pending) == batch_size:
+                run_batch(pending)
+                pending = []
+        if pending:
+            run_batch(pending)
+        accumulator.finish_tile_row(sink, max_rows=WRITE_CHUNK_ROWS)
+        _check_canceled(reporter)
+        reporter.set_progress(_TILES_SHARE * tiles_seen / stats.tile_count)
+    return stats
+
+
+def _check_canceled(progress: ProgressReporter) -> None:
+    if progress.is_canceled():
+        raise CanceledError("Segmentation canceled by the user; no output was written.")
+
+
+def make_predictor(backend: InferenceBackend, num_classes: int, tta: str = "none") -> Predictor:
+    """Wrap a backend's ``predict`` with an output-shape check and optional flip test-time augmentation.
+
+    Args:
+        backend: The loaded backend.
+        num_classes: K from the model card.
+        tta: ``"none"``, or ``"flip"`` for the mean of identity, horizontal-flip and vertical-flip probabilities.
+
+    Raises:
+        InvalidInputError: If ``tta`` is unknown.
+    """
+    if tta not in TTA_MODES:
+        raise InvalidInputError(f"Unknown test-time augmentation '{tta}'; choose one of: none, flip.")
+
+    def checked(batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        probs = np.asarray(backend.predict(batch), dtype=np.float32)
+        expected = (batch.shape[0], num_classes, batch.shape[2], batch.shape[3])
+        if probs.shape != expected:
+            raise ModelLoadError(
+                f"The model returned an output of shape {probs.shape} for input {batch.shape}, expected {expected}; "
+                "the model card's class list or the model's output size does not match the model. Fix the card."
+            )
+        return probs
+
+    if tta == "none":
+        return checked
+
+    def flip_averaged(batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        total = checked(batch)
+        for axis in (-1, -2):  # horizontal, then vertical flip; each is undone on the output
+            flipped = np.ascontiguousarray(np.flip(batch, axis=axis))
+            total += np.flip(checked(flipped), axis=axis)
+        total /= np.float32(3.0)
+        return total
+
+    return flip_averaged
+
+
+def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    """SHA-256 hex digest of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def provenance_tags(
+    request: SegmentationRequest,
+    card: ModelCard,
+    model_sha256: str,
+    spec: TilingSpec,
+    batch_size: int,
+    backend: InferenceBackend,
+) -> dict[str, str]:
+    """GeoTIFF metadata recording how an output was made, so it can be reproduced."""
+    return {
+        "model_name": card.name,
+        "model_architecture": card.architecture,
+        "model_version": card.version,
+        "model_sha256": model_sha256,
+        "engine_version": __version__,
+        "tile_size_px": str(spec.tile_size_px),
+        "overlap_px": str(spec.overlap_px),
+        "batch_size": str(batch_size),
+        "backend": backend.name,
+        "device": backend.device,
+        "stitching": request.stitching,
+        "tta": request.tta,
+    }
+
+
+def _say(progress: ProgressReporter, message: str, level: int = logging.INFO) -> None:
+    logger.log(level, message)
+    progress.log(message)
+
+
+def segment_raster(
+    request: SegmentationRequest,
+    progress: ProgressReporter | None = None,
+    backend: InferenceBackend | None = None,
+) -> SegmentationResult:
+    """Segment one raster into a class raster (and optional heatmaps) with a model carrying a card.
+
+    Args:
+        request: What to segment, with which model and options.
+        progress: Progress, messages and cancellation; silent if None.
+        backend: An already loaded backend (tests, benchmarks, the plugin's session cache); loaded from
+            ``request.model_path`` if None. The card is always read from the model file.
+
+    Returns:
+        What was written and how.
+
+    Raises:
+        InvalidInputError: For unusable options (tile size, bands, paths; subclasses name the problem).
+        InvalidRasterError: If the raster is missing, unreadable or contains no valid pixel.
+        OutputPathError: If an output cannot be written.
+        CanceledError: If ``progress`` reported a cancel; nothing is left at the output paths.
+    """
+    started = time.perf_counter()
+    reporter = progress if progress is not None else NullProgress()
+    check_output_paths(request)
+    model_path = resolve_model_path(request.model_path)
+    card = read_card(model_path)
+    spec = resolve_tiling(request, card)
+    batch_size = request.batch_size or int(getattr(card, "batch_size", 0) or DEFAULT_BATCH_SIZE)
+    with RasterSource.open(
+        Path(request.input_path),
+        card,
+        bands=request.bands,
+        resample_to_model_gsd=request.resample_to_model_gsd,
+        extent=request.extent,
+        mask_geometries=request.mask_geometries,
+    ) as source:
+        if not source.georeferenced:
+            _say(reporter, f"'{request.input_path}' has no georeference; segmenting its pixel grid.", logging.WARNING)
+        if backend is None:
+            backend = load_backend(
+                model_path, card, backend=request.backend, device=request.device, num_threads=request.num_threads
+            )
+        _say(reporter, f"Model '{card.name}' runs with {backend.name} on {backend.device}: {backend.device_reason}")
+        model_sha256 = file_sha256(model_path)
+        tags = provenance_tags(request, card, model_sha256, spec, batch_size, backend)
+        resampled = bool(getattr(source, "resampled", False)) or (source.height, source.width) != (
+            source.input_height,
+            source.input_width,
+        )
+        with SegmentationWriter(
+            source, Path(request.output_path), request.heatmaps_path, card, tags, cog=request.cog
+        ) as writer:
+            # The writer counts classes on the input grid; without that (a writer to the bare contract) the
+            # counts are read back from the written file below.
+            with WriteBehind(writer) as rows_out:
+                stats = stitch_raster(
+                    source,
+                    rows_out,
+                    make_predictor(backend, card.num_classes, request.tta),
+                    spec,
+                    card.num_classes,
+                    stitching=request.stitching,
+                    batch_size=batch_size,
+                    progress=reporter,
+                    count_classes=False,
+                )
+            if stats.valid_pixel_count == 0:
+                raise InvalidRasterError(
+                    f"Input raster '{request.input_path}' contains no valid pixels (all nodata, masked or outside "
+                    "the extent); check its nodata value, bands, EXTENT and MASK."
+                )
+            writer.commit()
+    counts = _input_grid_counts(writer, stats, resampled, Path(request.output_path), card.num_classes)
+    reporter.set_progress(1.0)
+    elapsed = time.perf_counter() - started
+    logger.info("Segmented %d of %d tiles in %.1f s", stats.tiles_run, stats.tile_count, elapsed)
+    return SegmentationResult(
+        output_path=Path(request.output_path),
+        heatmaps_path=None if request.heatmaps_path is None else Path(request.heatmaps_path),
+        card=card,
+        model_sha256=model_sha256,
+        backend=backend.name,
+        device=backend.device,
+        device_reason=backend.device_reason,
+        class_pixel_counts=tuple(int(c) for c in counts),
+        valid_pixel_count=int(counts.sum()),
+        tile_count=stats.tile_count,
+        elapsed_s=elapsed,
+    )
+
+
+def _input_grid_counts(
+    writer: object, stats: StitchStats, resampled: bool, output_path: Path, num_classes: int
+) -> NDArray[np.int64]:
+    """Pixels per class on the input grid: from the writer when it counted them, else from the strips or file."""
+    written = getattr(writer, "class_pixel_counts", None)
+    if written is not None and len(written) == num_classes:
+        return np.asarray(written, dtype=np.int64)
+    if resampled or not stats.class_pixel_counts.any():
+        return count_classes(output_path, num_classes)
+    return stats.class_pixel_counts
+
+
+def count_classes(class_raster: Path, num_classes: int) -> NDArray[np.int64]:
+    """Pixels per class in a written class raster, read block by block (nodata and out-of-range ignored)."""
+    import rasterio
+
+    counts = np.zeros(num_classes, dtype=np.int64)
+    with rasterio.open(class_raster) as dataset:
+        for _, window in dataset.block_windows(1):
+            labels = dataset.read(1, window=window)
+            counts += np.bincount(labels.ravel(), minlength=256)[:num_classes]
+    return counts

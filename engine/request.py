@@ -1,0 +1,156 @@
+"""What a segmentation run is asked to do and what it reports back, and the checks made before any work."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidInputError, OutputPathError
+from .model_card import ModelCard
+from .stitching import STITCHING_STRATEGIES, stitching_names
+from .tiling import TilingSpec
+
+__all__ = [
+    "TTA_MODES",
+    "SegmentationRequest",
+    "SegmentationResult",
+    "check_output_paths",
+    "resolve_tiling",
+]
+
+#: Test-time augmentation modes: none, or the mean of identity + horizontal flip + vertical flip.
+TTA_MODES = ("none", "flip")
+
+
+@dataclass(frozen=True)
+class SegmentationRequest:
+    """Everything one segmentation run needs; ``None`` means "take it from the model card".
+
+    Attributes:
+        input_path: Raster to segment (any GDAL-readable file or VRT).
+        output_path: Class raster to write (GeoTIFF).
+        heatmaps_path: Per-class probability raster to write, or None for none.
+        model_path: ``.onnx`` or torch checkpoint carrying a model card; None = the embedded default model.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        backend: ``"auto"``, ``"onnxruntime"`` or ``"torch"``.
+        bands: 1-based input band indexes in the model's band order; None = from the card.
+        tile_size_px: Tile edge; must be a multiple of the card's ``size_divisor_px``.
+        overlap_px: Pixels shared by neighbouring tiles.
+        batch_size: Tiles per model call.
+        extent: Process only inside ``(xmin, ymin, xmax, ymax)`` in the raster's CRS.
+        mask_geometries: Process only inside these GeoJSON geometries (raster CRS).
+        resample_to_model_gsd: Resample to the card's ground sampling distance before inference.
+        stitching: A name from :data:`engine.stitching.STITCHING_STRATEGIES`.
+        tta: ``"none"`` or ``"flip"`` (3x the model work).
+        cog: Write Cloud Optimized GeoTIFFs.
+        num_threads: CPU threads for the backend; None = the backend's default.
+    """
+
+    input_path: Path
+    output_path: Path
+    heatmaps_path: Path | None = None
+    model_path: Path | None = None
+    device: str = "auto"
+    backend: str = "auto"
+    bands: tuple[int, ...] | None = None
+    tile_size_px: int | None = None
+    overlap_px: int | None = None
+    batch_size: int | None = None
+    extent: tuple[float, float, float, float] | None = None
+    mask_geometries: tuple[Mapping[str, Any], ...] | None = None
+    resample_to_model_gsd: bool = True
+    stitching: str = "gaussian"
+    tta: str = "none"
+    cog: bool = False
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        """Check the options that do not need the model or the raster."""
+        if self.stitching not in STITCHING_STRATEGIES:
+            raise InvalidInputError(
+                f"Unknown stitching '{self.stitching}'; choose one of: {', '.join(stitching_names())}."
+            )
+        if self.tta not in TTA_MODES:
+            raise InvalidInputError(f"Unknown test-time augmentation '{self.tta}'; choose one of: none, flip.")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise InvalidInputError(f"Batch size must be at least 1, got {self.batch_size}.")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise InvalidInputError(f"Thread count must be at least 1, got {self.num_threads}.")
+
+
+@dataclass(frozen=True)
+class SegmentationResult:
+    """What a finished run produced and how.
+
+    Attributes:
+        output_path: The class raster written.
+        heatmaps_path: The heatmaps written, or None.
+        card: The model card used.
+        model_sha256: SHA-256 of the model file.
+        backend: Backend that ran the model.
+        device: Device it ran on.
+        device_reason: Why that device was chosen.
+        class_pixel_counts: Pixels per class on the input grid, in class-index order.
+        valid_pixel_count: Pixels with a class on the input grid.
+        tile_count: Tiles in the grid (including skipped all-nodata tiles).
+        elapsed_s: Wall-clock seconds of the whole run.
+    """
+
+    output_path: Path
+    heatmaps_path: Path | None
+    card: ModelCard
+    model_sha256: str
+    backend: str
+    device: str
+    device_reason: str
+    class_pixel_counts: tuple[int, ...]
+    valid_pixel_count: int
+    tile_count: int
+    elapsed_s: float
+
+
+def resolve_tiling(request: SegmentationRequest, card: ModelCard) -> TilingSpec:
+    """The tile size and overlap of a run: the request's, else the card's, checked against the model.
+
+    Raises:
+        InvalidInputError: If the tile size is not a multiple of the card's ``size_divisor_px`` (the message
+            names the nearest valid size) or the overlap does not fit the tile.
+    """
+    tile = card.tile_size_px if request.tile_size_px is None else request.tile_size_px
+    divisor = card.size_divisor_px
+    if tile < 1 or tile % divisor:
+        nearest = max(divisor, round(tile / divisor) * divisor)
+        raise InvalidInputError(
+            f"Tile size {tile} px does not fit model '{card.name}', which needs a multiple of {divisor} px; "
+            f"use a tile size of {nearest} px."
+        )
+    overlap = request.overlap_px
+    if overlap is None:
+        # The card's overlap is meant for the card's tile size; keep it unless it would eat half a smaller tile.
+        overlap = card.overlap_px if card.overlap_px < tile // 2 else tile // 4
+    return TilingSpec(tile, overlap)
+
+
+def check_output_paths(request: SegmentationRequest) -> None:
+    """Fail before any work if an output cannot be written or would clobber the input.
+
+    Raises:
+        OutputPathError: Naming the path and what to do instead.
+    """
+    outputs = [request.output_path] + ([request.heatmaps_path] if request.heatmaps_path is not None else [])
+    if request.heatmaps_path is not None and Path(request.heatmaps_path) == Path(request.output_path):
+        raise OutputPathError(f"Classes and heatmaps both go to '{request.output_path}'; give two different paths.")
+    for output in outputs:
+        path = Path(output)
+        if path.resolve() == Path(request.input_path).resolve():
+            raise OutputPathError(f"Output '{path}' is the input raster; choose another output path.")
+        if path.is_dir():
+            raise OutputPathError(f"Output '{path}' is a folder; give a file name such as '{path / 'classes.tif'}'.")
+        folder = path.resolve().parent
+        if not folder.is_dir():
+            raise OutputPathError(f"Cannot write '{path}': folder '{folder}' does not exist; create it first.")
+        if not os.access(folder, os.W_OK):
+            raise OutputPathError(f"Cannot write '{path}': folder '{folder}' is not writable; choose another folder.")

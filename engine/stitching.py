@@ -1,0 +1,227 @@
+"""Stitching: blend overlapping tiles' class probabilities into one raster, one strip at a time.
+
+Each strategy is a *weight profile*: a function giving, along one axis of a tile, how much each pixel of that
+tile counts. The 2-D tile weight is the outer product of the row and column profiles. Probabilities (never
+argmax labels) are accumulated as ``sum(w * p)`` and ``sum(w)`` and divided at the end, so any positive
+weights give a weighted mean and a constant input stays constant.
+
+Strategies, chosen by name from :data:`STITCHING_STRATEGIES`:
+
+* ``"gaussian"``: a Gaussian bump centred on the tile (sigma = tile / 8, as in MONAI), clamped to at least
+  ``1e-3`` so the raster's edge pixels, seen by a single tile, still get weight.
+* ``"cosine"``: weight 1 in the tile's interior and a raised-cosine ramp across the overlap, sampled at pixel
+  centres, so two neighbours' ramps add up to exactly 1 (a partition of unity). Sides on the raster border
+  are not ramped. Never exactly 0.
+* ``"center_crop"``: weight 1 on the tile's core (see :func:`engine.tiling.core_window`), 0 elsewhere; every
+  pixel comes from exactly one tile (cheapest, deterministic, may show seams with too small an overlap).
+
+:class:`StripAccumulator` holds only one tile row's worth of rows (``K x tile x width`` float32), hands
+finished rows to a sink and reuses its memory, so memory never depends on the raster's height.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import numpy as np
+from numpy.typing import NDArray
+from rasterio.windows import Window
+
+from .errors import InvalidInputError
+from .tiling import TilingSpec
+
+__all__ = [
+    "STITCHING_STRATEGIES",
+    "RowSink",
+    "StripAccumulator",
+    "WeightProfile",
+    "center_crop_profile",
+    "cosine_profile",
+    "gaussian_profile",
+    "stitching_names",
+    "tile_weights",
+]
+
+#: Signature of a strategy: (spec, tile touches the raster's start edge, touches its end edge) -> (T,) weights.
+WeightProfile = Callable[[TilingSpec, bool, bool], NDArray[np.float32]]
+#: Receives finished rows: (first raster row, probs (K, rows, width), valid (rows, width)).
+RowSink = Callable[[int, NDArray[np.float32], NDArray[np.bool_]], None]
+
+_GAUSSIAN_SIGMA_FRACTION = 0.125
+_GAUSSIAN_FLOOR = 1e-3
+
+
+def gaussian_profile(spec: TilingSpec, at_start: bool, at_end: bool) -> NDArray[np.float32]:
+    """Gaussian weights centred on the tile, sigma = tile / 8, floored at 1e-3 (never 0)."""
+    size = spec.tile_size_px
+    sigma = max(_GAUSSIAN_SIGMA_FRACTION * size, 1.0)
+    centres = np.arange(size, dtype=np.float64) + 0.5 - size / 2.0
+    profile = np.exp(-0.5 * (centres / sigma) ** 2)
+    floored: NDArray[np.float32] = np.maximum(profile, _GAUSSIAN_FLOOR).astype(np.float32)
+    return floored
+
+
+def cosine_profile(spec: TilingSpec, at_start: bool, at_end: bool) -> NDArray[np.float32]:
+    """Raised-cosine ramps over the overlap on inner sides, 1 elsewhere.
+
+    The rising ramp is ``sin^2(pi (k + 0.5) / (2 O))`` for ``k = 0 .. O-1``; the falling ramp of the
+    neighbour over the same pixels is ``cos^2`` of the same angle, so the two add up to exactly 1.
+    """
+    size, overlap = spec.tile_size_px, spec.overlap_px
+    profile = np.ones(size, dtype=np.float64)
+    if overlap > 0:
+        angles = np.pi * (np.arange(overlap, dtype=np.float64) + 0.5) / (2.0 * overlap)
+        rising = np.sin(angles) ** 2
+        if not at_start:
+            profile[:overlap] *= rising
+        if not at_end:
+            profile[size - overlap :] *= rising[::-1]
+    return profile.astype(np.float32)
+
+
+def center_crop_profile(spec: TilingSpec, at_start: bool, at_end: bool) -> NDArray[np.float32]:
+    """1 on the tile's core (half the overlap cut from each inner side), 0 on the discarded margins."""
+    size = spec.tile_size_px
+    profile = np.zeros(size, dtype=np.float32)
+    start = 0 if at_start else spec.margin_start_px
+    stop = size if at_end else size - spec.margin_end_px
+    profile[start:stop] = 1.0
+    return profile
+
+
+#: Stitching strategies by name (plain dict registry).
+STITCHING_STRATEGIES: dict[str, WeightProfile] = {
+    "gaussian": gaussian_profile,
+    "cosine": cosine_profile,
+    "center_crop": center_crop_profile,
+}
+
+
+def stitching_names() -> list[str]:
+    """Names accepted as a stitching strategy, sorted."""
+    return sorted(STITCHING_STRATEGIES)
+
+
+def _profile(name: str) -> WeightProfile:
+    try:
+        return STITCHING_STRATEGIES[name]
+    except KeyError:
+        raise InvalidInputError(
+            f"Unknown stitching strategy '{name}'; choose one of: {', '.join(stitching_names())}."
+        ) from None
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_weights(
+    name: str, spec: TilingSpec, top: bool, bottom: bool, left: bool, right: bool
+) -> NDArray[np.float32]:
+    profile = _profile(name)
+    weights = np.outer(profile(spec, top, bottom), profile(spec, left, right)).astype(np.float32)
+    weights.flags.writeable = False  # shared between calls through the cache
+    return weights
+
+
+def tile_weights(name: str, spec: TilingSpec, window: Window, height: int, width: int) -> NDArray[np.float32]:
+    """The (T, T) weight of one tile of a ``height`` x ``width`` raster under strategy ``name`` (read-only)."""
+    row_off, col_off = int(window.row_off), int(window.col_off)
+    return _cached_weights(
+        name,
+        spec,
+        row_off == 0,
+        row_off + spec.tile_size_px >= height,
+        col_off == 0,
+        col_off + spec.tile_size_px >= width,
+    )
+
+
+class StripAccumulator:
+    """Weighted sum of tile probabilities for the rows of the current tile row only.
+
+    Feed it the tiles of one tile row with :meth:`add`, then call :meth:`finish_tile_row`: the rows that no
+    later tile can touch are normalised and passed to a sink, and the overlap rows move to the top of the
+    buffer for the next tile row. Memory: ``(K + 1) x min(T, height) x width`` float32. A pixel is valid
+    when some tile saw it as valid (invalid pixels get zero weight).
+    """
+
+    def __init__(self, num_classes: int, height: int, width: int, spec: TilingSpec, strategy: str = "gaussian") -> None:
+        """Allocate the strip.
+
+        Args:
+            num_classes: Number of classes K.
+            height: Raster height in pixels (the processing grid).
+            width: Raster width in pixels.
+            spec: The tiling the tiles come from.
+            strategy: A name from :data:`STITCHING_STRATEGIES`.
+        """
+        _profile(strategy)  # fail early on a bad name
+        self.num_classes = num_classes
+        self.height = height
+        self.width = width
+        self.spec = spec
+        self.strategy = strategy
+        rows = min(spec.tile_size_px, height)
+        self._sum = np.zeros((num_classes, rows, width), dtype=np.float32)
+        self._weight = np.zeros((rows, width), dtype=np.float32)
+        self._top = 0  # raster row held in buffer row 0 (= origin of the current tile row)
+
+    @property
+    def top_row(self) -> int:
+        """Raster row of the current tile row's origin; rows above it were already handed out."""
+        return self._top
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the strip buffers."""
+        return self._sum.nbytes + self._weight.nbytes
+
+    def add(self, window: Window, probs: NDArray[np.float32], valid: NDArray[np.bool_]) -> None:
+        """Accumulate one tile of the current tile row.
+
+        Args:
+            window: The tile's window (from :func:`engine.tiling.iter_tile_rows`); its row offset must be
+                :attr:`top_row`.
+            probs: (K, T, T) class probabilities of the tile.
+            valid: (T, T) valid mask of the tile (False for nodata / masked / outside the raster).
+        """
+        row_off, col_off = int(window.row_off), int(window.col_off)
+        if row_off != self._top:
+            raise ValueError(f"Tile at row {row_off} added while accumulating the tile row at {self._top}.")
+        rows = min(self.spec.tile_size_px, self.height - row_off)
+        cols = min(self.spec.tile_size_px, self.width - col_off)
+        # Invalid pixels get no weight: they add nothing, and a pixel no tile saw as valid stays at weight 0.
+        weights = tile_weights(self.strategy, self.spec, window, self.height, self.width)[:rows, :cols]
+        weights = weights * valid[:rows, :cols]
+        target = np.s_[:rows, col_off : col_off + cols]
+        self._sum[(slice(None), *target)] += probs[:, :rows, :cols] * weights
+        self._weight[target] += weights
+
+    def finish_tile_row(self, sink: RowSink, max_rows: int = 256) -> int:
+        """Hand the rows finished by the current tile row to ``sink`` and move on to the next tile row.
+
+        The arrays given to ``sink`` are views into the buffer, valid only during the call; invalid pixels
+        and pixels no tile weighted get probability 0 and ``valid`` False.
+
+        Args:
+            sink: Called with ``(row_off, probs (K, rows, width), valid (rows, width))`` in row order.
+            max_rows: Largest number of rows per call (bounds the sink's temporary memory).
+
+        Returns:
+            The number of rows handed out.
+        """
+        rows_in_use = min(self.spec.tile_size_px, self.height - self._top)
+        is_last = self._top + self.spec.tile_size_px >= self.height
+        done = rows_in_use if is_last else self.spec.stride_px
+        weight = self._weight[:done]
+        valid = weight > 0
+        # Pixels with no weight have a zero sum too, so dividing by a tiny floor leaves them at 0.
+        self._sum[:, :done] /= np.maximum(weight, np.float32(1e-30))
+        for start in range(0, done, max_rows):
+            stop = min(start + max_rows, done)
+            sink(self._top + start, self._sum[:, start:stop], valid[start:stop])
+        carried = rows_in_use - done
+        for plane in (self._sum, self._weight):
+            plane[..., :carried, :] = plane[..., done : done + carried, :]
+            plane[..., carried:, :] = 0
+        self._top += done
+        return done

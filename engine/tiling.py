@@ -1,0 +1,136 @@
+"""Tiling: cut a raster's pixel grid into overlapping, model-sized windows.
+
+Tiles sit on a regular grid with offsets ``0, S, 2S, ...`` where the stride ``S = T - O`` (tile size ``T``,
+overlap ``O``). Along an axis of ``n`` pixels there are ``1`` tile when ``n <= T`` and otherwise
+``ceil((n - T) / S) + 1`` tiles, so the last tile reaches or passes the far edge. Tiles that pass the right or
+bottom edge (and every tile of a raster smaller than one tile) are read *boundless*: the reader pads the part
+outside the raster and marks it invalid. Keeping the grid regular (instead of shifting the last tile back
+inside the raster) means every pair of neighbours overlaps by exactly ``O`` pixels, which the blending
+windows in :mod:`engine.stitching` rely on.
+
+The *core* of a tile is the part a centre-crop stitcher keeps: half the overlap is cut from each inner side
+(none from a side on the raster border). Cores partition the raster: every pixel lies in exactly one core.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from rasterio.windows import Window
+
+from .errors import InvalidInputError
+
+__all__ = [
+    "TilingSpec",
+    "axis_offsets",
+    "core_window",
+    "iter_tile_rows",
+    "iter_tile_windows",
+    "tile_count",
+    "tile_grid_shape",
+]
+
+
+@dataclass(frozen=True)
+class TilingSpec:
+    """How a raster is cut into tiles.
+
+    Attributes:
+        tile_size_px: Edge of the square tile fed to the model, in pixels.
+        overlap_px: Pixels shared by neighbouring tiles, ``0 <= overlap_px < tile_size_px``.
+    """
+
+    tile_size_px: int
+    overlap_px: int
+
+    def __post_init__(self) -> None:
+        """Reject sizes that cannot tile a raster; the message says which value to use instead."""
+        if isinstance(self.tile_size_px, bool) or not isinstance(self.tile_size_px, int) or self.tile_size_px < 1:
+            raise InvalidInputError(f"Tile size must be a positive whole number of pixels, got {self.tile_size_px!r}.")
+        if isinstance(self.overlap_px, bool) or not isinstance(self.overlap_px, int) or self.overlap_px < 0:
+            raise InvalidInputError(f"Overlap must be a whole number of pixels >= 0, got {self.overlap_px!r}.")
+        if self.overlap_px >= self.tile_size_px:
+            raise InvalidInputError(
+                f"Overlap {self.overlap_px} px must be smaller than the tile size {self.tile_size_px} px; "
+                f"use at most {self.tile_size_px // 2} px (a quarter of the tile is typical)."
+            )
+
+    @property
+    def stride_px(self) -> int:
+        """Distance between the origins of neighbouring tiles, ``tile_size_px - overlap_px``."""
+        return self.tile_size_px - self.overlap_px
+
+    @property
+    def margin_start_px(self) -> int:
+        """Pixels a centre crop discards at a tile's inner top/left side (half the overlap, rounded down)."""
+        return self.overlap_px // 2
+
+    @property
+    def margin_end_px(self) -> int:
+        """Pixels a centre crop discards at a tile's inner bottom/right side (the other half of the overlap)."""
+        return self.overlap_px - self.overlap_px // 2
+
+
+def axis_offsets(length_px: int, spec: TilingSpec) -> list[int]:
+    """Tile origins along one axis of ``length_px`` pixels.
+
+    Uses ``ceil`` rather than ``floor`` so the last, partial tile is kept: the tiles always reach the far edge.
+
+    Raises:
+        InvalidInputError: If ``length_px`` is not positive.
+    """
+    if length_px < 1:
+        raise InvalidInputError(f"Cannot tile an axis of {length_px} pixels; the raster must not be empty.")
+    if length_px <= spec.tile_size_px:
+        return [0]
+    count = math.ceil((length_px - spec.tile_size_px) / spec.stride_px) + 1
+    return [i * spec.stride_px for i in range(count)]
+
+
+def tile_grid_shape(height: int, width: int, spec: TilingSpec) -> tuple[int, int]:
+    """Number of tile rows and tile columns covering a ``height`` x ``width`` raster."""
+    return len(axis_offsets(height, spec)), len(axis_offsets(width, spec))
+
+
+def tile_count(height: int, width: int, spec: TilingSpec) -> int:
+    """Total number of tiles covering a ``height`` x ``width`` raster."""
+    rows, cols = tile_grid_shape(height, width, spec)
+    return rows * cols
+
+
+def iter_tile_rows(height: int, width: int, spec: TilingSpec) -> Iterator[list[Window]]:
+    """Yield the tile windows one tile row at a time, top to bottom, each row left to right.
+
+    Every window is ``tile_size_px`` square; windows may extend past the right/bottom edge (read boundless).
+    """
+    col_offsets = axis_offsets(width, spec)
+    for row_off in axis_offsets(height, spec):
+        yield [Window(col_off, row_off, spec.tile_size_px, spec.tile_size_px) for col_off in col_offsets]
+
+
+def iter_tile_windows(height: int, width: int, spec: TilingSpec) -> Iterator[Window]:
+    """Yield every tile window in row-major order (see :func:`iter_tile_rows`)."""
+    for row in iter_tile_rows(height, width, spec):
+        yield from row
+
+
+def _core_span(offset: int, length_px: int, spec: TilingSpec) -> tuple[int, int]:
+    """The [start, stop) pixels one tile keeps along an axis under centre cropping, clipped to the raster."""
+    is_first = offset == 0
+    is_last = offset + spec.tile_size_px >= length_px
+    start = offset if is_first else offset + spec.margin_start_px
+    stop = length_px if is_last else offset + spec.tile_size_px - spec.margin_end_px
+    return start, stop
+
+
+def core_window(window: Window, height: int, width: int, spec: TilingSpec) -> Window:
+    """The part of a tile kept by centre cropping, in raster pixel coordinates (inside the raster).
+
+    Half the overlap is cut from every side shared with a neighbour; sides on the raster border keep
+    everything up to the border. The cores of :func:`iter_tile_windows` partition the raster exactly.
+    """
+    row_start, row_stop = _core_span(int(window.row_off), height, spec)
+    col_start, col_stop = _core_span(int(window.col_off), width, spec)
+    return Window(col_start, row_start, col_stop - col_start, row_stop - row_start)

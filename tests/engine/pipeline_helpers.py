@@ -1,0 +1,175 @@
+"""Tiny models, rasters and fakes shared by the pipeline and command-line tests (built in tmp, never committed)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from numpy.typing import NDArray
+from rasterio.transform import from_origin
+from rasterio.windows import Window
+
+from engine.model_card import ModelCard, onnx_metadata_props
+
+#: Logit = GAIN x normalised band value: a pointwise ("1x1 conv") model whose class is the brightest band.
+GAIN = 4.0
+
+TINY_CARD = ModelCard(
+    name="tiny pointwise test model",
+    architecture="external",
+    class_names=("water", "field", "city"),
+    class_colors=("#0000ff", "#00ff00", "#ff0000"),
+    input_bands=("red", "green", "blue"),
+    norm_mean=(0.5, 0.5, 0.5),
+    norm_std=(0.25, 0.25, 0.25),
+    tile_size_px=32,
+    overlap_px=8,
+    size_divisor_px=8,
+    description="Identity 1x1 convolution scaled by 4: class = brightest band.",
+)
+
+
+def build_tiny_onnx(path: Path, card: ModelCard = TINY_CARD) -> Path:
+    """Export a 1x1 convolution (logits = GAIN x normalised bands) to ONNX with the card in its metadata."""
+    import onnx
+    import torch
+
+    conv = torch.nn.Conv2d(card.num_bands, card.num_classes, kernel_size=1, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        for k in range(min(card.num_bands, card.num_classes)):
+            conv.weight[k, k, 0, 0] = GAIN
+    conv.eval()
+    with warnings.catch_warnings():  # the legacy exporter warns about itself; it needs no onnxscript
+        warnings.simplefilter("ignore", DeprecationWarning)
+        _export(conv, path, card)
+    proto = onnx.load(str(path))
+    for key, value in onnx_metadata_props(card).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
+    return path
+
+
+def _export(module: object, path: Path, card: ModelCard) -> None:
+    import torch
+
+    torch.onnx.export(
+        module,
+        (torch.zeros(1, card.num_bands, 16, 16),),
+        str(path),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}},
+        opset_version=17,
+        dynamo=False,
+    )
+
+
+def make_image(height: int, width: int, seed: int = 0) -> NDArray[np.uint8]:
+    """A (3, H, W) uint8 image whose brightest band (the class) is clear by at least 50 grey levels."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 150, size=(3, height, width), dtype=np.uint8)
+    winner = rng.integers(0, 3, size=(height, width))
+    bright = rng.integers(200, 256, size=(height, width), dtype=np.uint8)
+    np.put_along_axis(image, winner[None], bright[None], axis=0)
+    return image
+
+
+def expected_probs(image: NDArray[np.uint8], card: ModelCard = TINY_CARD) -> NDArray[np.float64]:
+    """Softmax of the tiny model's logits, computed directly from the image (the independent reference)."""
+    mean = np.asarray(card.norm_mean)[:, None, None]
+    std = np.asarray(card.norm_std)[:, None, None]
+    logits = GAIN * ((image.astype(np.float64) / 255.0 - mean) / std)
+    logits -= logits.max(axis=0, keepdims=True)
+    exp = np.exp(logits)
+    return exp / exp.sum(axis=0, keepdims=True)
+
+
+def write_raster(
+    path: Path,
+    image: NDArray[np.generic],
+    nodata: float | None = None,
+    georeferenced: bool = True,
+) -> Path:
+    """Write a (C, H, W) array as a GeoTIFF (EPSG:32640, 0.5 m pixels) or a plain pixel-grid TIFF."""
+    count, height, width = image.shape
+    profile: dict[str, object] = {
+        "driver": "GTiff",
+        "height": height,
+        "width": width,
+        "count": count,
+        "dtype": image.dtype.name,
+    }
+    if georeferenced:
+        profile.update(crs="EPSG:32640", transform=from_origin(500000.0, 2800000.0, 0.5, 0.5))
+    if nodata is not None:
+        profile["nodata"] = nodata
+    with rasterio.open(path, "w", **profile) as dataset:
+        dataset.write(image)
+        if count == 3:
+            from rasterio.enums import ColorInterp
+
+            dataset.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
+    return path
+
+
+class ArraySource:
+    """An in-memory stand-in for RasterSource: normalised (C, H, W) array, boundless zero-padded reads."""
+
+    def __init__(self, image: NDArray[np.float32], valid: NDArray[np.bool_] | None = None) -> None:
+        self.image = image
+        self.height, self.width = image.shape[1:]
+        self.valid = np.ones((self.height, self.width), bool) if valid is None else valid
+        self.reads: list[Window] = []
+
+    def read_tile(self, window: Window) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+        self.reads.append(window)
+        r, c, h, w = int(window.row_off), int(window.col_off), int(window.height), int(window.width)
+        tile = np.zeros((self.image.shape[0], h, w), np.float32)
+        valid = np.zeros((h, w), bool)
+        rows, cols = min(h, self.height - r), min(w, self.width - c)
+        tile[:, :rows, :cols] = self.image[:, r : r + rows, c : c + cols]
+        valid[:rows, :cols] = self.valid[r : r + rows, c : c + cols]
+        return tile, valid
+
+
+class RecordingWriter:
+    """Collects write_rows calls (copies), checking that rows arrive in order and each exactly once."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.next_row = 0
+        self.chunks: list[tuple[int, NDArray[np.float32], NDArray[np.bool_]]] = []
+
+    def write_rows(self, row_off: int, probs: NDArray[np.float32], valid: NDArray[np.bool_]) -> None:
+        assert row_off == self.next_row, f"rows out of order: got {row_off}, expected {self.next_row}"
+        assert probs.shape[2] == self.width and valid.shape == probs.shape[1:]
+        self.next_row += probs.shape[1]
+        self.chunks.append((row_off, probs.copy(), valid.copy()))
+
+    def stacked(self) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+        return (
+            np.concatenate([p for _, p, _ in self.chunks], axis=1),
+            np.concatenate([v for _, _, v in self.chunks], axis=0),
+        )
+
+
+class SoftmaxBackend:
+    """A fake InferenceBackend: pointwise softmax of GAIN x the normalised input; counts its calls."""
+
+    name = "fake"
+    device = "cpu"
+    device_reason = "fake backend for tests"
+
+    def __init__(self) -> None:
+        self.batch_sizes: list[int] = []
+
+    def predict(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        self.batch_sizes.append(batch.shape[0])
+        logits = GAIN * batch.astype(np.float64)
+        logits -= logits.max(axis=1, keepdims=True)
+        exp = np.exp(logits)
+        return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)

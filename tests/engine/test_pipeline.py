@@ -1,0 +1,321 @@
+"""The segmentation pipeline: streaming tile loop, bounded memory, and end-to-end runs on tiny rasters."""
+
+from __future__ import annotations
+
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from numpy.typing import NDArray
+
+from engine.errors import CanceledError, InvalidInputError, InvalidRasterError, OutputPathError
+from engine.model_card import NODATA_CLASS
+from engine.pipeline import (
+    SegmentationRequest,
+    make_predictor,
+    resolve_tiling,
+    segment_raster,
+    stitch_raster,
+)
+from engine.tiling import TilingSpec, tile_count
+from engine.write_behind import WriteBehind
+from tests.engine.pipeline_helpers import (
+    TINY_CARD,
+    ArraySource,
+    RecordingWriter,
+    SoftmaxBackend,
+    build_tiny_onnx,
+    expected_probs,
+    make_image,
+    write_raster,
+)
+
+
+class RecordingProgress:
+    def __init__(self, cancel_after: int | None = None) -> None:
+        self.fractions: list[float] = []
+        self.messages: list[str] = []
+        self.cancel_after = cancel_after
+        self.polls = 0
+
+    def set_progress(self, fraction: float) -> None:
+        self.fractions.append(fraction)
+
+    def is_canceled(self) -> bool:
+        self.polls += 1
+        return self.cancel_after is not None and self.polls > self.cancel_after
+
+    def log(self, message: str) -> None:
+        self.messages.append(message)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_onnx(tmp_path_factory.mktemp("model") / "tiny.onnx")
+
+
+def normalised(image: NDArray[np.uint8]) -> NDArray[np.float32]:
+    mean = np.asarray(TINY_CARD.norm_mean, np.float32)[:, None, None]
+    std = np.asarray(TINY_CARD.norm_std, np.float32)[:, None, None]
+    return ((image.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
+
+
+# --- the tile loop with in-memory fakes ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stitching", ["gaussian", "cosine", "center_crop"])
+def test_stitched_rows_arrive_in_order_once_and_match_a_pointwise_model(stitching: str) -> None:
+    image = make_image(77, 45, seed=1)
+    source = ArraySource(normalised(image))
+    writer = RecordingWriter(width=45)
+    backend = SoftmaxBackend()
+    spec = TilingSpec(16, 6)
+    stats = stitch_raster(source, writer, make_predictor(backend, 3), spec, 3, stitching, batch_size=3)
+    probs, valid = writer.stacked()
+    assert writer.next_row == 77 and valid.all()
+    assert max(p.shape[1] for _, p, _ in writer.chunks) <= spec.tile_size_px  # never more than a strip
+    np.testing.assert_allclose(probs, expected_probs(image), atol=1e-5)
+    expected_counts = np.bincount(expected_probs(image).argmax(axis=0).ravel(), minlength=3)
+    np.testing.assert_array_equal(stats.class_pixel_counts, expected_counts)
+    assert stats.valid_pixel_count == 77 * 45
+    assert max(backend.batch_sizes) <= 3 and sum(backend.batch_sizes) == tile_count(77, 45, spec)
+
+
+def test_tiles_without_valid_pixels_never_reach_the_model() -> None:
+    image = make_image(64, 64, seed=2)
+    valid = np.zeros((64, 64), bool)
+    valid[40:, 40:] = True  # only the bottom-right corner has data
+    source = ArraySource(normalised(image), valid)
+    writer = RecordingWriter(width=64)
+    backend = SoftmaxBackend()
+    spec = TilingSpec(16, 0)  # 4 x 4 tiles; rows/cols 32..63 of tiles 2, 3 -> tiles touching [40:, 40:]
+    stats = stitch_raster(source, writer, make_predictor(backend, 3), spec, 3, "gaussian", batch_size=1)
+    assert stats.tile_count == 16
+    assert stats.tiles_run == 4 and sum(backend.batch_sizes) == 4
+    probs, out_valid = writer.stacked()
+    np.testing.assert_array_equal(out_valid, valid)
+    assert np.all(probs[:, ~valid] == 0)
+    assert stats.valid_pixel_count == int(valid.sum())
+
+
+def test_peak_memory_does_not_grow_with_raster_height() -> None:
+    def peak_bytes(height: int) -> int:
+        source = ArraySource(np.zeros((3, 1, 1), np.float32))
+        source.height, source.width = height, 96  # reads are zero tiles; the image itself is not allocated
+
+        def read_tile(window):
+            return np.zeros((3, 32, 32), np.float32), np.ones((32, 32), bool)
+
+        source.read_tile = read_tile  # type: ignore[method-assign]
+
+        class NullWriter:
+            def write_rows(self, row_off, probs, valid) -> None:
+                pass
+
+        tracemalloc.start()
+        try:
+            stitch_raster(source, NullWriter(), make_predictor(SoftmaxBackend(), 3), TilingSpec(32, 8), 3)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    short, tall = peak_bytes(64), peak_bytes(64 * 40)
+    strip = 4 * 32 * 96 * 4  # (K + 1) float32 planes of one tile row
+    assert tall < short + strip // 2, (short, tall)
+    full_size_probs = 3 * 64 * 40 * 96 * 4
+    assert tall < full_size_probs / 4  # strips and one batch of tiles, never a full-size array
+
+
+def test_cancel_between_batches_raises() -> None:
+    source = ArraySource(normalised(make_image(40, 40)))
+    progress = RecordingProgress(cancel_after=1)
+    backend = SoftmaxBackend()
+    with pytest.raises(CanceledError, match="canceled"):
+        stitch_raster(source, RecordingWriter(40), make_predictor(backend, 3), TilingSpec(16, 4), 3, progress=progress)
+    assert sum(backend.batch_sizes) < tile_count(40, 40, TilingSpec(16, 4))
+
+
+def test_flip_tta_averages_unflipped_predictions() -> None:
+    class ColumnBackend:
+        """Not translation-equivariant: class-0 probability grows with the column index."""
+
+        name, device, device_reason = "fake", "cpu", "test"
+
+        def predict(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+            b, _, h, w = batch.shape
+            p0 = np.broadcast_to(np.linspace(0.1, 0.9, w, dtype=np.float32), (b, h, w))
+            return np.stack([p0, 1 - p0], axis=1).astype(np.float32)
+
+    batch = np.zeros((2, 3, 4, 5), np.float32)
+    plain = make_predictor(ColumnBackend(), 2, "none")(batch)
+    tta = make_predictor(ColumnBackend(), 2, "flip")(batch)
+    ramp = np.linspace(0.1, 0.9, 5)
+    # identity and vertical flip keep the ramp; the horizontal flip mirrors it back onto itself reversed.
+    np.testing.assert_allclose(tta[0, 0, 0], (2 * ramp + ramp[::-1]) / 3, atol=1e-6)
+    np.testing.assert_allclose(plain[0, 0, 0], ramp, atol=1e-6)
+
+
+def test_model_output_with_the_wrong_class_count_is_reported() -> None:
+    predictor = make_predictor(SoftmaxBackend(), num_classes=5)
+    with pytest.raises(InvalidInputError, match="class list"):
+        predictor(np.zeros((1, 3, 8, 8), np.float32))
+
+
+def test_tile_size_not_fitting_the_model_names_the_nearest_valid_size(tmp_path: Path) -> None:
+    request = SegmentationRequest(tmp_path / "in.tif", tmp_path / "out.tif", tile_size_px=30)
+    with pytest.raises(InvalidInputError, match="multiple of 8 px; use a tile size of 32 px"):
+        resolve_tiling(request, TINY_CARD)
+    assert resolve_tiling(SegmentationRequest(tmp_path / "a", tmp_path / "b"), TINY_CARD) == TilingSpec(32, 8)
+    # A smaller tile than the card's keeps the overlap below half a tile.
+    assert (
+        resolve_tiling(SegmentationRequest(tmp_path / "a", tmp_path / "b", tile_size_px=16), TINY_CARD).overlap_px == 4
+    )
+
+
+def test_request_rejects_unknown_options(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError, match="stitching"):
+        SegmentationRequest(tmp_path / "a", tmp_path / "b", stitching="max")
+    with pytest.raises(InvalidInputError, match="none, flip"):
+        SegmentationRequest(tmp_path / "a", tmp_path / "b", tta="d4")
+    with pytest.raises(InvalidInputError, match="Batch size"):
+        SegmentationRequest(tmp_path / "a", tmp_path / "b", batch_size=0)
+
+
+# --- end to end through raster_io and the real backends ---------------------------------------------------------
+
+
+def test_segment_raster_writes_classes_and_heatmaps_of_the_model(tmp_path: Path, tiny_onnx: Path) -> None:
+    image = make_image(70, 53, seed=3)
+    raster = write_raster(tmp_path / "in.tif", image)
+    progress = RecordingProgress()
+    request = SegmentationRequest(
+        raster, tmp_path / "classes.tif", tmp_path / "heat.tif", model_path=tiny_onnx, backend="onnxruntime",
+        device="cpu", tile_size_px=24, overlap_px=8, batch_size=2,
+    )  # fmt: skip
+    result = segment_raster(request, progress=progress)
+    probs = expected_probs(image)
+    with rasterio.open(result.output_path) as dataset:
+        classes = dataset.read(1)
+        tags = dataset.tags()
+        assert dataset.crs.to_epsg() == 32640 and dataset.shape == (70, 53)
+    np.testing.assert_array_equal(classes, probs.argmax(axis=0))
+    with rasterio.open(tmp_path / "heat.tif") as dataset:
+        heat = dataset.read().astype(np.float64) * np.asarray(dataset.scales)[:, None, None]
+    np.testing.assert_allclose(heat, probs, atol=2e-4)
+    assert tags["model_sha256"] == result.model_sha256 and len(result.model_sha256) == 64
+    assert tags["tile_size_px"] == "24" and tags["overlap_px"] == "8" and tags["backend"] == "onnxruntime"
+    assert result.class_pixel_counts == tuple(np.bincount(probs.argmax(axis=0).ravel(), minlength=3))
+    assert result.valid_pixel_count == 70 * 53
+    assert progress.fractions == sorted(progress.fractions) and progress.fractions[-1] == 1.0
+    assert any("onnxruntime" in m and "cpu" in m for m in progress.messages)
+
+
+def test_result_does_not_depend_on_tile_size_or_stitching(tmp_path: Path, tiny_onnx: Path) -> None:
+    raster = write_raster(tmp_path / "in.tif", make_image(45, 66, seed=4))
+    outputs = []
+    for tile, overlap, stitching in [(16, 4, "gaussian"), (40, 16, "cosine"), (64, 8, "center_crop")]:
+        out = tmp_path / f"c{tile}.tif"
+        request = SegmentationRequest(
+            raster, out, model_path=tiny_onnx, tile_size_px=tile, overlap_px=overlap, stitching=stitching
+        )
+        segment_raster(request, backend=SoftmaxBackend())
+        with rasterio.open(out) as dataset:
+            outputs.append(dataset.read(1))
+    for other in outputs[1:]:
+        np.testing.assert_array_equal(other, outputs[0])
+
+
+def test_nodata_pixels_get_the_nodata_class(tmp_path: Path, tiny_onnx: Path) -> None:
+    image = make_image(40, 40, seed=5)
+    image[:, :10, :] = 0
+    raster = write_raster(tmp_path / "in.tif", image, nodata=0)
+    out = tmp_path / "classes.tif"
+    result = segment_raster(SegmentationRequest(raster, out, model_path=tiny_onnx), backend=SoftmaxBackend())
+    with rasterio.open(out) as dataset:
+        classes = dataset.read(1)
+        assert dataset.nodata == NODATA_CLASS
+    assert np.all(classes[:10] == NODATA_CLASS)
+    np.testing.assert_array_equal(classes[10:], expected_probs(image)[:, 10:].argmax(axis=0))
+    assert result.valid_pixel_count == 30 * 40
+
+
+def test_all_nodata_input_is_rejected_and_leaves_no_output(tmp_path: Path, tiny_onnx: Path) -> None:
+    raster = write_raster(tmp_path / "in.tif", np.zeros((3, 20, 20), np.uint8), nodata=0)
+    out = tmp_path / "classes.tif"
+    backend = SoftmaxBackend()
+    with pytest.raises(InvalidRasterError, match="contains no valid pixels"):
+        segment_raster(SegmentationRequest(raster, out, tmp_path / "h.tif", model_path=tiny_onnx), backend=backend)
+    assert backend.batch_sizes == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+
+
+def test_cancel_leaves_nothing_at_the_output_paths(tmp_path: Path, tiny_onnx: Path) -> None:
+    raster = write_raster(tmp_path / "in.tif", make_image(64, 64))
+    request = SegmentationRequest(
+        raster, tmp_path / "c.tif", tmp_path / "h.tif", model_path=tiny_onnx, tile_size_px=16, batch_size=1
+    )
+    with pytest.raises(CanceledError):
+        segment_raster(request, progress=RecordingProgress(cancel_after=3), backend=SoftmaxBackend())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+
+
+def test_raster_smaller_than_a_tile_and_without_georeference(tmp_path: Path, tiny_onnx: Path) -> None:
+    image = make_image(9, 13, seed=6)
+    raster = write_raster(tmp_path / "plain.tif", image, georeferenced=False)
+    progress = RecordingProgress()
+    out = tmp_path / "c.tif"
+    segment_raster(SegmentationRequest(raster, out, model_path=tiny_onnx), progress=progress, backend=SoftmaxBackend())
+    with rasterio.open(out) as dataset:
+        np.testing.assert_array_equal(dataset.read(1), expected_probs(image).argmax(axis=0))
+    assert any("no georeference" in m for m in progress.messages)
+
+
+def test_unwritable_output_folder_fails_before_any_work(tmp_path: Path, tiny_onnx: Path) -> None:
+    raster = write_raster(tmp_path / "in.tif", make_image(8, 8))
+    backend = SoftmaxBackend()
+    request = SegmentationRequest(raster, tmp_path / "missing" / "c.tif", model_path=tiny_onnx)
+    with pytest.raises(OutputPathError, match="does not exist"):
+        segment_raster(request, backend=backend)
+    with pytest.raises(OutputPathError, match="is the input"):
+        segment_raster(SegmentationRequest(raster, raster, model_path=tiny_onnx), backend=backend)
+    assert backend.batch_sizes == []
+
+
+# --- write-behind --------------------------------------------------------------------------------------------
+
+
+def test_write_behind_forwards_copies_in_order() -> None:
+    writer = RecordingWriter(width=4)
+    buffer = np.zeros((2, 3, 4), np.float32)
+    with WriteBehind(writer, max_chunks=1) as behind:
+        for row in range(0, 9, 3):
+            buffer[:] = row  # the strip is reused: the worker must have its own copy
+            behind.write_rows(row, buffer, np.ones((3, 4), bool))
+    assert [r for r, _, _ in writer.chunks] == [0, 3, 6]
+    assert [float(p[0, 0, 0]) for _, p, _ in writer.chunks] == [0.0, 3.0, 6.0]
+
+
+def test_write_behind_reraises_the_worker_error() -> None:
+    class FailingWriter:
+        def write_rows(self, row_off, probs, valid) -> None:
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"), WriteBehind(FailingWriter(), max_chunks=1) as behind:
+        for row in range(20):
+            behind.write_rows(row, np.zeros((1, 1, 2), np.float32), np.ones((1, 2), bool))
+
+
+def test_a_failing_writer_leaves_no_output(tmp_path: Path, tiny_onnx: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.raster_io
+
+    def fail(self, row_off, probs, valid) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(engine.raster_io.SegmentationWriter, "write_rows", fail)
+    raster = write_raster(tmp_path / "in.tif", make_image(40, 40))
+    request = SegmentationRequest(raster, tmp_path / "c.tif", tmp_path / "h.tif", model_path=tiny_onnx)
+    with pytest.raises(OSError, match="disk full"):
+        segment_raster(request, backend=SoftmaxBackend())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
