@@ -27,7 +27,7 @@ EXIT_BAD_INPUT = 2
 #: Ctrl-C (128 + SIGINT), as shells report it.
 EXIT_INTERRUPTED = 130
 #: GDAL block cache for command-line runs, in MB, unless GDAL_CACHEMAX is already set.
-GDAL_CACHE_MB = 64
+GDAL_CACHE_MB = 32
 
 logger = logging.getLogger(__name__)
 

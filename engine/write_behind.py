@@ -39,7 +39,7 @@ class WriteBehind:
     writer is used only by the worker until then.
     """
 
-    def __init__(self, writer: RowWriter, max_chunks: int = 4) -> None:
+    def __init__(self, writer: RowWriter, max_chunks: int = 2) -> None:
         """Start the worker.
 
         Args:

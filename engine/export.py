@@ -1,0 +1,205 @@
+"""Export a segmentation model to ONNX with its model card, and check the export against torch.
+
+The ONNX file has one input ``"input"`` (B, C, H, W) float32 and the output ``"logits"`` (B, K, H, W), with
+dynamic batch, height and width; with ``heatmaps=True`` models that return class heatmaps (BiCoR-Seg) get extra
+outputs ``"heatmap_0"``, ``"heatmap_1"``, ... The card (plus Deepness-compatible keys) goes into
+``metadata_props``; its ``weights_sha256`` is the checksum of the exported state dict.
+
+Uses the TorchScript-based exporter (``dynamo=False``): the torch.export-based one needs ``onnxscript``, which is
+not a dependency of this project. torch is imported lazily, so importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import InvalidInputError, OutputPathError
+from .model_card import ModelCard, onnx_metadata_props
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["INPUT_NAME", "OUTPUT_NAME", "check_onnx_parity", "export_onnx", "state_dict_sha256"]
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+#: Edge of the dummy input used for tracing; a multiple of every model's size divisor in this project.
+_TRACE_SIZE_PX = 64
+
+
+def state_dict_sha256(model: nn.Module) -> str:
+    """SHA-256 over the model's state dict: every entry's name, dtype, shape and bytes, in key order.
+
+    Independent of how the weights are later serialised, so a checkpoint and its ONNX export share the value.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        array = tensor.detach().cpu().contiguous().numpy()
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def _trace_size(divisor_px: int) -> int:
+    return max(divisor_px, -(-_TRACE_SIZE_PX // divisor_px) * divisor_px)
+
+
+def _logits_wrapper(model: nn.Module, num_heatmaps: int) -> nn.Module:
+    """Module returning plain tensors (logits, then heatmaps) instead of ``SegmentationOutput``, for tracing."""
+    import torch  # lazily: nn.Module subclasses need torch when the class statement runs
+
+    class LogitsWrapper(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+            out = self.model(x)
+            return (out.logits, *out.heatmaps[:num_heatmaps])
+
+    return LogitsWrapper()
+
+
+def export_onnx(model: nn.Module, card: ModelCard, path: str | Path, opset: int = 17, heatmaps: bool = False) -> Path:
+    """Export ``model`` (in eval mode) to an ONNX file carrying ``card``.
+
+    The file is written to a temporary path next to ``path`` and moved into place only when complete. The model is
+    left in the train/eval mode it came in.
+
+    Args:
+        model: A model from :mod:`engine.models` (returns ``SegmentationOutput``).
+        card: Its model card; ``weights_sha256`` is replaced by :func:`state_dict_sha256` of the model.
+        path: Destination ``.onnx`` path.
+        opset: ONNX opset version.
+        heatmaps: Also export the model's class heatmaps as outputs ``heatmap_<i>`` (if it has any).
+
+    Returns:
+        The written path.
+
+    Raises:
+        InvalidInputError: If the card does not match the model (band or class count).
+        OutputPathError: If the destination cannot be written.
+    """
+    import onnx
+    import torch
+
+    path = Path(path)
+    in_channels = int(getattr(model, "in_channels", card.num_bands))
+    if in_channels != card.num_bands:
+        raise InvalidInputError(
+            f"The card lists {card.num_bands} input bands but the model takes {in_channels}; fix the card's "
+            "input_bands."
+        )
+    divisor = math.lcm(int(getattr(model, "size_divisor_px", 1)), card.size_divisor_px)
+    size = _trace_size(divisor)
+    was_training = model.training
+    model.eval()
+    try:
+        example = torch.randn(1, in_channels, size, size, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            probe = model(example)
+        if probe.logits.shape[1] != card.num_classes:
+            raise InvalidInputError(
+                f"The model outputs {probe.logits.shape[1]} classes but the card names {card.num_classes}; "
+                "fix the card's class_names."
+            )
+        num_heatmaps = len(probe.heatmaps) if heatmaps else 0
+        output_names = [OUTPUT_NAME] + [f"heatmap_{i}" for i in range(num_heatmaps)]
+        dynamic_axes = {name: {0: "batch", 2: "height", 3: "width"} for name in [INPUT_NAME, *output_names]}
+        for i in range(num_heatmaps):  # heatmaps live at their layer's resolution, not the input's
+            dynamic_axes[f"heatmap_{i}"] = {0: "batch", 2: f"heatmap_{i}_height", 3: f"heatmap_{i}_width"}
+        wrapper = _logits_wrapper(model, num_heatmaps)
+        card = card.replace(weights_sha256=state_dict_sha256(model))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(suffix=".onnx.tmp", dir=path.parent)
+        except OSError as exc:
+            raise OutputPathError(f"Cannot write ONNX model to '{path}': {exc}; choose a writable folder.") from exc
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            with warnings.catch_warnings():
+                # The exporter warns that it is the legacy one and about traced shape arithmetic; both are expected.
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    wrapper,
+                    (example,),
+                    str(tmp),
+                    input_names=[INPUT_NAME],
+                    output_names=output_names,
+                    dynamic_axes=dynamic_axes,
+                    opset_version=opset,
+                    do_constant_folding=True,
+                    dynamo=False,
+                )
+            proto = onnx.load(str(tmp))
+            del proto.metadata_props[:]
+            for key, value in onnx_metadata_props(card).items():
+                entry = proto.metadata_props.add()
+                entry.key, entry.value = key, value
+            proto.doc_string = f"{card.name} ({card.architecture}), exported by bicorseg engine.export"
+            onnx.save(proto, str(tmp))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    finally:
+        model.train(was_training)
+    logger.info("Exported %s to %s (opset %d, %d heatmap outputs)", card.architecture, path, opset, num_heatmaps)
+    return path
+
+
+def check_onnx_parity(
+    model: nn.Module, onnx_path: str | Path, sizes: Sequence[tuple[int, int]], batch_size: int = 1, seed: int = 0
+) -> dict[str, Any]:
+    """Compare the ONNX Runtime (CPU) logits with torch's on random inputs of the given sizes.
+
+    Args:
+        model: The torch model that was exported (evaluated in eval mode; its mode is restored).
+        onnx_path: The exported file.
+        sizes: (height, width) pairs to test, each a multiple of the model's size divisor.
+        batch_size: Batch size of each random input.
+        seed: Seed of the random inputs (standard normal, i.e. already "normalised" imagery).
+
+    Returns:
+        ``{"max_abs_diff": float, "argmax_agreement": float, "per_size": {"HxW": {...}}}``: the worst logit
+        difference and the lowest fraction of pixels whose arg-max class agrees, over all sizes.
+    """
+    import onnxruntime as ort
+    import torch
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    in_channels = int(getattr(model, "in_channels", 3))
+    generator = torch.Generator().manual_seed(seed)
+    per_size: dict[str, dict[str, float]] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        for height, width in sizes:
+            x = torch.randn(batch_size, in_channels, height, width, generator=generator)
+            with torch.no_grad():
+                expected = model(x).logits.numpy()
+            got = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+            agreement = float(np.mean(expected.argmax(axis=1) == got.argmax(axis=1)))
+            per_size[f"{height}x{width}"] = {
+                "max_abs_diff": float(np.max(np.abs(expected - got))),
+                "argmax_agreement": agreement,
+            }
+    finally:
+        model.train(was_training)
+    return {
+        "max_abs_diff": max(v["max_abs_diff"] for v in per_size.values()),
+        "argmax_agreement": min(v["argmax_agreement"] for v in per_size.values()),
+        "per_size": per_size,
+    }
