@@ -3,8 +3,50 @@
 Pure Python: never imports QGIS. torch and onnxruntime are imported lazily by the backends, so this package
 imports without them. Inside the engine every import is relative, because the QGIS plugin ships this package
 as ``bicorseg_qgis.engine``.
+
+Public API (imported on first use, so ``import engine`` stays cheap)::
+
+    from engine import SegmentationRequest, segment_raster, read_card
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+#: public name -> submodule that defines it
+_PUBLIC: dict[str, str] = {
+    "SegmentationRequest": "request",
+    "SegmentationResult": "request",
+    "segment_raster": "pipeline",
+    "ModelCard": "model_card",
+    "read_card": "model_card",
+    "load_backend": "backends",
+    "diagnose": "backends",
+    "resolve_model_path": "default_model",
+    "ProgressReporter": "progress",
+    "BiCoRSegError": "errors",
+}
+
+__all__ = [
+    "BiCoRSegError",
+    "ModelCard",
+    "ProgressReporter",
+    "SegmentationRequest",
+    "SegmentationResult",
+    "__version__",
+    "diagnose",
+    "load_backend",
+    "read_card",
+    "resolve_model_path",
+    "segment_raster",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """Import public names lazily from their submodules."""
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'engine' has no attribute '{name}'")
+    return getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
