@@ -4,9 +4,8 @@ Pure Python: never imports QGIS. torch and onnxruntime are imported lazily by th
 imports without them. Inside the engine every import is relative, because the QGIS plugin ships this package
 as ``bicorseg_qgis.engine``.
 
-Public API (imported on first use, so ``import engine`` stays cheap)::
-
-    from engine import SegmentationRequest, segment_raster, read_card
+Public API, imported on first use so that importing the package stays cheap: ``engine.segment_raster``,
+``engine.SegmentationRequest``, ``engine.read_card`` and the other names in ``__all__``.
 """
 
 from __future__ import annotations

@@ -48,3 +48,10 @@ def test_engine_sources_use_relative_imports_only() -> None:
             if stripped.startswith(("from engine", "import engine")):
                 offenders.append(f"{path.relative_to(ROOT)}:{number}: {stripped}")
     assert offenders == []
+
+
+def test_every_public_engine_name_resolves() -> None:
+    import engine
+
+    missing = [name for name in engine.__all__ if not hasattr(engine, name)]
+    assert missing == []
