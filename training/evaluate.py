@@ -29,10 +29,11 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from engine.errors import BiCoRSegError, InvalidInputError
+from engine.errors import InvalidInputError
 from engine.metrics import SegmentationMetrics
 from engine.tiling import TilingSpec
 from training.checkpoints import load_model, load_training_checkpoint
+from training.command import run_json_command
 from training.config import TrainConfig, load_config, resolve_config
 from training.datasets import DatasetInfo, SegmentationDataset, build_dataset
 from training.distributed import select_device
@@ -203,18 +204,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point: prints the summary as JSON; exit code 2 for bad input."""
     args = _parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        summary = evaluate(args)
-    except InvalidInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except BiCoRSegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(summary, indent=2))
-    return 0
+    return run_json_command(lambda: evaluate(args))
 
 
 if __name__ == "__main__":

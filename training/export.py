@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from engine.errors import BiCoRSegError, InvalidInputError
 from engine.export import check_onnx_parity, export_onnx
 from engine.model_card import ModelCard, onnx_metadata_props
 from training.checkpoints import load_model
+from training.command import run_json_command
 
 __all__ = ["export_checkpoint", "main", "quantize_int8"]
 
@@ -127,19 +127,17 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point: prints the report as JSON; exit code 2 for bad input, 1 for a failed check."""
     args = _parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        report = export_checkpoint(args.checkpoint, args.output, int8=args.int8, heatmaps=args.heatmaps,
-                                   opset=args.opset, atol=args.atol, card_json=args.card_json)  # fmt: skip
-    except InvalidInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except BiCoRSegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(report, indent=2))
-    return 0
+    return run_json_command(
+        lambda: export_checkpoint(
+            args.checkpoint,
+            args.output,
+            int8=args.int8,
+            heatmaps=args.heatmaps,
+            opset=args.opset,
+            atol=args.atol,
+            card_json=args.card_json,
+        )
+    )
 
 
 if __name__ == "__main__":

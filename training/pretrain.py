@@ -18,7 +18,6 @@ import argparse
 import json
 import logging
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +27,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from engine.errors import BiCoRSegError, InvalidInputError, ModelLoadError
+from engine.errors import InvalidInputError, ModelLoadError
 from engine.model_card import load_checkpoint
 from engine.models import create_model
+from training.command import run_json_command
 from training.moco import MoCo, PretrainImages, backbone_state_dict, find_images, two_views
 
 __all__ = [
@@ -211,18 +211,7 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point: prints a JSON summary; exit code 2 for bad input."""
     args = _parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        summary = pretrain(args)
-    except InvalidInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except BiCoRSegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(summary, indent=2))
-    return 0
+    return run_json_command(lambda: pretrain(args))
 
 
 if __name__ == "__main__":
