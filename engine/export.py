@@ -151,6 +151,8 @@ def export_onnx(model: nn.Module, card: ModelCard, path: str | Path, opset: int 
                 entry.key, entry.value = key, value
             proto.doc_string = f"{card.name} ({card.architecture}), exported by bicorseg engine.export"
             onnx.save(proto, str(tmp))
+            # mkstemp creates the file readable by its owner only; give it the usual permissions before moving.
+            os.chmod(tmp, _default_file_mode())
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -158,6 +160,13 @@ def export_onnx(model: nn.Module, card: ModelCard, path: str | Path, opset: int 
         model.train(was_training)
     logger.info("Exported %s to %s (opset %d, %d heatmap outputs)", card.architecture, path, opset, num_heatmaps)
     return path
+
+
+def _default_file_mode() -> int:
+    """Permissions a newly created file gets under the process umask (0o644 under the usual 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def check_onnx_parity(

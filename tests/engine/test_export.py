@@ -189,3 +189,13 @@ def test_paper_hi_resnet_exports_with_parity(tmp_path: Path) -> None:
     report = check_onnx_parity(model, path, [(512, 512), (384, 640)])
     assert report["max_abs_diff"] < 1e-3
     assert report["argmax_agreement"] >= 0.999
+
+
+def test_exported_file_is_readable_by_others_like_any_new_file(small_export: tuple[torch.nn.Module, Path]) -> None:
+    import os
+    import stat
+
+    _, path = small_export
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
