@@ -1,0 +1,100 @@
+"""Default model quality and speed: fp32 ONNX vs int8 ONNX on the held-out Dubai tiles, side by side in one run.
+
+Scores the embedded model files exactly as the plugin runs them (ONNX Runtime backend of the engine, the card's
+tile size and overlap, gaussian stitching through the engine's tiling and stitching) on whole validation (tile 3)
+and test (tile 1) images at the training resolution (downscale 0.5), and times both backends on the same tiles.
+
+Usage: PYTHONPATH=. .venv/bin/python -m benchmarks.default_model [--splits val test] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.backends import load_backend
+from engine.metrics import SegmentationMetrics
+from engine.model_card import read_card
+from engine.tiling import TilingSpec
+from training.datasets import build_dataset
+from training.inference import confusion_over_images
+from training.transforms import Normalization
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "dubai-aerial"
+SPLIT_TILES = {"val": {"val_tiles": [3], "test_tiles": [1]}, "test": {"val_tiles": [3], "test_tiles": [1]}}
+
+
+class OnnxTensorBackend:
+    """The engine's ONNX Runtime backend seen through the torch-tensor interface ``predict_image`` uses."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        self.card = read_card(path)
+        self.backend = load_backend(path, self.card, backend="onnxruntime", device="cpu", num_threads=threads)
+        self.seconds = 0.0
+
+    def predict_tensor(self, batch: torch.Tensor) -> torch.Tensor:
+        started = time.perf_counter()
+        probs = self.backend.predict(batch.numpy().astype(np.float32))
+        self.seconds += time.perf_counter() - started
+        return torch.from_numpy(probs)
+
+
+def score(model: Path, split: str, threads: int) -> dict[str, Any]:
+    backend = OnnxTensorBackend(model, threads)
+    card = backend.card
+    dataset = build_dataset(
+        "dubai_aerial",
+        DATA,
+        split,
+        normalization=Normalization.from_card(card),
+        downscale=0.5,
+        **SPLIT_TILES[split],
+    )
+    spec = TilingSpec(tile_size_px=card.tile_size_px, overlap_px=card.overlap_px)
+    samples = (dataset[i] for i in range(len(dataset)))
+    cm = confusion_over_images(backend, samples, card.num_classes, 255, spec)  # type: ignore[arg-type]
+    metrics = SegmentationMetrics.from_confusion(cm, card.class_names)
+    return {
+        "model": model.name,
+        "size_mb": round(model.stat().st_size / 1e6, 2),
+        "split": split,
+        "images": len(dataset),
+        "miou": metrics.miou,
+        "oa": metrics.oa,
+        "iou": dict(zip(card.class_names, (float(v) for v in metrics.iou), strict=True)),
+        "model_seconds": round(backend.seconds, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", type=Path,
+                        default=[REPO / "resources/models/default.onnx", REPO / "resources/models/default.int8.onnx"])  # fmt: skip
+    parser.add_argument("--splits", nargs="+", default=["val", "test"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "default_model.json")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    rows = [score(model, split, args.threads) for split in args.splits for model in args.models if model.exists()]
+    result: dict[str, Any] = {"rows": rows}
+    for split in args.splits:
+        pair = [r for r in rows if r["split"] == split]
+        if len(pair) == 2:
+            result[f"{split}_int8_minus_fp32_miou_points"] = round(100 * (pair[1]["miou"] - pair[0]["miou"]), 2)
+            result[f"{split}_int8_speedup"] = round(pair[0]["model_seconds"] / pair[1]["model_seconds"], 3)
+    text = json.dumps(result, indent=2)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
