@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("error: %s", exc)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
+    # QGIS caches statistics in a .aux.xml beside an input it opens: keep the bundled sample untouched.
+    sidecar = args.input.with_name(args.input.name + ".aux.xml")
+    sidecar_existed = sidecar.exists()
     app = render_preview.start_qgis()
     import processing
 
@@ -66,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("Class areas: %s\n%s", result["CLASS_STATISTICS"], Path(result["CLASS_STATISTICS"]).read_text())
     logger.info("Preview:   %s", preview)
     app.exitQgis()
+    if not sidecar_existed:
+        sidecar.unlink(missing_ok=True)
     return 0
 
 
