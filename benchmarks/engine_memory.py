@@ -1,6 +1,6 @@
 """Engine memory: peak resident memory (RSS) of a whole segmentation run versus raster size.
 
-Each size runs through the command line (``engine.cli.main``, which caps GDAL's block cache at 64 MB unless
+Each size runs through the command line (``engine.cli.main``, which caps GDAL's block cache at 32 MB unless
 ``GDAL_CACHEMAX`` is set) in a fresh subprocess (the input raster is made in another one first, so its creation does not
 count), which reports its own ``ru_maxrss``. The model is a 1x1 convolution so the run is dominated by the
 engine's own reading, stitching and writing (classes and 6-class heatmaps). The engine keeps one strip of
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.synthetic import export_pointwise_model, machine_info, save_results, write_synthetic_raster
+from engine.cli import GDAL_CACHE_MB
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,7 +98,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "tile_px": args.tile,
             "overlap_px": args.overlap,
             "stitching": "gaussian",
-            "gdal_cachemax_mb": "64 (python -m engine default)",
+            "gdal_cachemax_mb": f"{GDAL_CACHE_MB} (python -m engine default)",
         },
         "runs": runs,
         "rss_growth_mb_smallest_to_largest": growth,

@@ -125,8 +125,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     out = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
     # GDAL's block cache defaults to 5 % of RAM and keeps written blocks until it is full, so a big run's
-    # memory would grow with the raster up to that cap; 64 MB still holds two 256-row block rows of a 3-band
-    # 40,000-px-wide input, enough for overlapping tile reads.
+    # memory would grow with the raster up to that cap; 32 MB still holds a 256-row block row of a 3-band
+    # 40,000-px-wide input, enough for overlapping tile reads (see docs/engine.md, Memory).
     os.environ.setdefault("GDAL_CACHEMAX", str(GDAL_CACHE_MB))
     parser = build_parser()
     try:

@@ -184,6 +184,7 @@ class RunConfig:
         resume: ``""`` = start fresh, ``"auto"`` = continue from ``last.pt`` in the run folder if present,
             or a checkpoint path.
         val_every_epochs: Validate every N epochs (and always after the last one).
+        validate_first: Also validate the untrained model before the first epoch (a baseline row, epoch 0).
         max_val_images: Validate on at most this many images (0 = all).
         val_batch_size: Tiles per forward pass during sliding-window validation.
         stitching: Stitching strategy for sliding-window validation (as in the engine).
@@ -208,6 +209,7 @@ class RunConfig:
     threads: int = 0
     resume: str = ""
     val_every_epochs: int = 1
+    validate_first: bool = False
     max_val_images: int = 0
     val_batch_size: int = 4
     stitching: str = "gaussian"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -20,6 +21,8 @@ from engine.errors import BackendUnavailableError
 __all__ = ["Distributed", "all_reduce_sum", "broadcast_flag", "select_device", "setup_distributed"]
 
 logger = logging.getLogger(__name__)
+
+_Number = TypeVar("_Number", np.int64, np.float64)
 
 
 @dataclass(frozen=True)
@@ -76,13 +79,13 @@ def setup_distributed(preference: str) -> Distributed:
     return Distributed(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
-def all_reduce_sum(array: NDArray[np.int64], ctx: Distributed) -> NDArray[np.int64]:
-    """Element-wise sum of an integer array over all processes (e.g. confusion matrices of each shard)."""
+def all_reduce_sum(array: NDArray[_Number], ctx: Distributed) -> NDArray[_Number]:
+    """Element-wise sum of an array over all processes (confusion matrices, loss sums of each shard); keeps the dtype."""
     if ctx.world_size == 1:
         return array
-    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64)).to(ctx.device)
+    tensor = torch.from_numpy(np.ascontiguousarray(array)).to(ctx.device)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor.cpu().numpy()
+    return tensor.cpu().numpy().astype(array.dtype, copy=False)
 
 
 def broadcast_flag(flag: bool, ctx: Distributed) -> bool:

@@ -37,7 +37,7 @@ from training.command import run_json_command
 from training.config import TrainConfig, load_config, resolve_config
 from training.datasets import DatasetInfo, SegmentationDataset, build_dataset
 from training.distributed import select_device
-from training.inference import TTA_MODES, ModelBackend, confusion_over_images
+from training.inference import TTA_MODES, ImageScores, ModelBackend, confusion_over_images, score_images
 from training.plots import plot_confusion_matrix
 from training.transforms import Normalization
 
@@ -54,8 +54,8 @@ def validate(
     device: torch.device,
     amp: bool = False,
     tta: str = "none",
-) -> NDArray[np.int64]:
-    """Confusion matrix of whole validation images, predicted tile by tile as at inference (eval mode).
+) -> ImageScores:
+    """Confusion matrix and loss of whole validation images, predicted tile by tile as at inference (eval mode).
 
     The model is put back into training mode afterwards.
     """
@@ -64,8 +64,8 @@ def validate(
     backend = ModelBackend(model, device, tta=tta, amp=amp, channels_last=config.run.channels_last)
     spec = TilingSpec(config.model.tile_size_px, config.model.overlap_px)
     try:
-        return confusion_over_images(backend, samples, info.num_classes, info.ignore_index, spec,
-                                     config.run.stitching, config.run.val_batch_size)  # fmt: skip
+        return score_images(backend, samples, info.num_classes, info.ignore_index, spec,
+                            config.run.stitching, config.run.val_batch_size)  # fmt: skip
     finally:
         model.train(was_training)
 

@@ -9,6 +9,7 @@ blending), just on an in-memory image instead of a raster file.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -22,7 +23,16 @@ from engine.metrics import confusion_matrix
 from engine.stitching import StripAccumulator
 from engine.tiling import TilingSpec, iter_tile_rows
 
-__all__ = ["TTA_MODES", "ModelBackend", "TtaMode", "confusion_over_images", "predict_image", "read_window"]
+__all__ = [
+    "TTA_MODES",
+    "ImageScores",
+    "ModelBackend",
+    "TtaMode",
+    "confusion_over_images",
+    "predict_image",
+    "read_window",
+    "score_images",
+]
 
 TtaMode = Literal["none", "flip", "d4"]
 TTA_MODES: tuple[str, ...] = ("none", "flip", "d4")
@@ -178,7 +188,31 @@ def predict_image(
     return out
 
 
-def confusion_over_images(
+@dataclass(frozen=True)
+class ImageScores:
+    """What whole-image prediction of labelled images yields.
+
+    Attributes:
+        confusion: (K, K) int64 counts, rows = reference, columns = prediction.
+        nll_sum: Sum over scored pixels of -log p(reference class) of the stitched probabilities.
+        pixel_count: Number of scored (non-ignored) pixels.
+    """
+
+    confusion: NDArray[np.int64]
+    nll_sum: float
+    pixel_count: int
+
+    @property
+    def mean_nll(self) -> float:
+        """Validation loss: mean cross-entropy of the stitched probabilities (NaN without scored pixels)."""
+        return self.nll_sum / self.pixel_count if self.pixel_count else float("nan")
+
+
+#: Probability floor for the validation cross-entropy, so a confidently wrong pixel costs at most -log(1e-7).
+_MIN_PROB = 1e-7
+
+
+def score_images(
     backend: ModelBackend,
     samples: Iterable[Mapping[str, Tensor]],
     num_classes: int,
@@ -187,8 +221,8 @@ def confusion_over_images(
     stitching: str = "gaussian",
     batch_size: int = 4,
     on_image: Callable[[int, NDArray[np.int64]], None] | None = None,
-) -> NDArray[np.int64]:
-    """Sum of the confusion matrices of whole images predicted by :func:`predict_image`.
+) -> ImageScores:
+    """Confusion matrix and cross-entropy of whole images predicted by :func:`predict_image`.
 
     Args:
         backend: The model wrapped as a backend.
@@ -199,15 +233,32 @@ def confusion_over_images(
         stitching: Stitching strategy name.
         batch_size: Tiles per forward pass.
         on_image: Called with ``(index, predicted labels (H, W))`` after each image (progress, writing PNGs).
-
-    Returns:
-        (K, K) int64 counts, rows = reference, columns = prediction.
     """
     total = np.zeros((num_classes, num_classes), dtype=np.int64)
+    nll_sum, pixel_count = 0.0, 0
     for index, sample in enumerate(samples):
         probs = predict_image(backend, sample["image"], num_classes, spec, stitching, batch_size)
         labels = probs.argmax(axis=0)
-        total += confusion_matrix(labels, sample["mask"].numpy(), num_classes, ignore_index)
+        reference = sample["mask"].numpy()
+        total += confusion_matrix(labels, reference, num_classes, ignore_index)
+        scored = (reference != ignore_index) & (reference >= 0) & (reference < num_classes)
+        picked = np.take_along_axis(probs, np.where(scored, reference, 0)[None].astype(np.int64), axis=0)[0]
+        nll_sum += float(-np.log(np.maximum(picked[scored], _MIN_PROB)).sum())
+        pixel_count += int(scored.sum())
         if on_image is not None:
             on_image(index, labels.astype(np.int64))
-    return total
+    return ImageScores(total, nll_sum, pixel_count)
+
+
+def confusion_over_images(
+    backend: ModelBackend,
+    samples: Iterable[Mapping[str, Tensor]],
+    num_classes: int,
+    ignore_index: int,
+    spec: TilingSpec,
+    stitching: str = "gaussian",
+    batch_size: int = 4,
+    on_image: Callable[[int, NDArray[np.int64]], None] | None = None,
+) -> NDArray[np.int64]:
+    """Sum of the confusion matrices of whole images (see :func:`score_images`)."""
+    return score_images(backend, samples, num_classes, ignore_index, spec, stitching, batch_size, on_image).confusion

@@ -34,7 +34,7 @@ def _series(rows: Sequence[Mapping[str, float]], x_key: str, y_key: str) -> tupl
 
 
 def plot_loss_curves(steps: Sequence[Mapping[str, float]], epochs: Sequence[Mapping[str, float]], path: Path) -> Path:
-    """Training loss per logged step (thin) and per epoch (markers), against the optimizer step."""
+    """Training loss per logged step (thin) and per epoch (markers), and validation loss, against the step."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     x, y = _series(steps, "step", "loss")
@@ -43,9 +43,12 @@ def plot_loss_curves(steps: Sequence[Mapping[str, float]], epochs: Sequence[Mapp
     x, y = _series(epochs, "step", "train_loss")
     if x:
         ax.plot(x, y, marker="o", label="train loss (epoch mean)")
+    x, y = _series(epochs, "step", "val_loss")
+    if x:
+        ax.plot(x, y, marker="s", label="validation cross-entropy (whole images)")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
-    ax.set_title("Training loss")
+    ax.set_title("Training and validation loss")
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()

@@ -26,10 +26,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from engine.errors import BiCoRSegError, InvalidInputError
+from engine.metrics import SegmentationMetrics
 from engine.models import create_model
 from training.checkpoints import load_training_checkpoint, save_checkpoint, unwrap_model
 from training.config import TrainConfig, config_to_dict, load_config, save_config
@@ -177,6 +179,13 @@ def _fit(config: TrainConfig, dist_ctx: Distributed) -> Path:
         return learning_rate(position, total_steps, config.optim.lr, warmup_steps, config.schedule.min_lr)
 
     # --- the loop --------------------------------------------------------------------------------------------------
+    if config.run.validate_first and state.epoch == 0:
+        # A baseline row (epoch 0): the untrained model's validation scores, so the curves show what training did.
+        baseline, _ = _validation_scores(model, data, config, device, use_amp, dist_ctx)
+        state.history.append({"epoch": 0, "step": 0, **baseline})
+        if dist_ctx.is_main:
+            log.log_epoch(state.history)
+            logger.info("epoch 0 (before training): %s", _format_row(state.history[-1]))
     started = time.monotonic() - state.elapsed_s
     for epoch in range(state.epoch, config.schedule.epochs):
         data.set_epoch(epoch)
@@ -195,9 +204,8 @@ def _fit(config: TrainConfig, dist_ctx: Distributed) -> Path:
         row.update({f"train_{k}": v for k, v in result.mean_parts.items() if k != "total"})
         if state.epoch % config.run.val_every_epochs == 0 or last_epoch:
             # Every process predicts its share of the whole validation images; the confusion matrices are summed.
-            local = validate(unwrap_model(model), data.val_samples(), info, config, device, use_amp)
-            scores = score_confusion(all_reduce_sum(local, dist_ctx), info)
-            row.update({f"val_{k}": v for k, v in metrics_summary(scores).items()})
+            values, scores = _validation_scores(model, data, config, device, use_amp, dist_ctx)
+            row.update(values)
             if _improved(row.get(f"val_{config.run.monitor}", math.nan), state.best_metric):
                 state.best_metric = float(row[f"val_{config.run.monitor}"])
                 state.best_confusion = scores.confusion
@@ -229,6 +237,21 @@ def _fit(config: TrainConfig, dist_ctx: Distributed) -> Path:
     return run_dir
 
 
+def _validation_scores(
+    model: nn.Module, data: RunData, config: TrainConfig, device: torch.device, use_amp: bool, dist_ctx: Distributed
+) -> tuple[dict[str, float], SegmentationMetrics]:
+    """Validation loss and scores of the whole validation images, summed over all processes.
+
+    Every process predicts its share of the images; confusion matrices and loss sums are added up.
+    """
+    local = validate(unwrap_model(model), data.val_samples(), data.info, config, device, use_amp)
+    scores = score_confusion(all_reduce_sum(local.confusion, dist_ctx), data.info)
+    nll_sum, pixels = all_reduce_sum(np.array([local.nll_sum, local.pixel_count], np.float64), dist_ctx)
+    values = {"val_loss": float(nll_sum / pixels) if pixels else math.nan}
+    values.update({f"val_{k}": v for k, v in metrics_summary(scores).items()})
+    return values, scores
+
+
 def _restore(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler
 ) -> TrainState:
@@ -252,7 +275,7 @@ def _improved(value: float, best: float | None) -> bool:
 
 
 def _format_row(row: dict[str, Any]) -> str:
-    keys = ("step", "lr", "train_loss", "val_miou", "val_mf1", "val_oa", "elapsed_s")
+    keys = ("step", "lr", "train_loss", "val_loss", "val_miou", "val_mf1", "val_oa", "elapsed_s")
     return ", ".join(f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in keys if k in row)
 
 
