@@ -18,7 +18,7 @@ from training.prepare import PatchRecipe, prepare
 from training.transforms import Normalization, SmartCrop
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-DUBAI = Path("/work/shared/data/dubai-aerial")
+DUBAI = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dubai-aerial"
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
 IMAGENET_STD = np.array([0.229, 0.224, 0.225])
 
