@@ -8,12 +8,40 @@ the model card) can fix the tile size. Padding is the tiler's job, not the model
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable, Mapping
+
 import torch
 from torch import Tensor, nn
 
 from ..errors import InvalidInputError
 
 __all__ = ["SegmentationModel", "nearest_valid_size"]
+
+
+def strip_wrapper_prefixes(state_dict: Mapping[str, Tensor], prefixes: Iterable[str]) -> dict[str, Tensor]:
+    """Drop prefixes that training wrappers add to every key (``module.`` from DDP, ``net.`` from Lightning ...).
+
+    A prefix is removed only when every key carries it, and repeatedly, so nested wrappers unwrap too.
+    """
+    out = dict(state_dict)
+    prefixes = tuple(prefixes)
+    changed = True
+    while changed:
+        changed = False
+        for prefix in prefixes:
+            if out and all(k.startswith(prefix) for k in out):
+                out = {k[len(prefix) :]: v for k, v in out.items()}
+                changed = True
+    return out
+
+
+def check_known_options(options: Collection[str], known: Collection[str], model_label: str) -> None:
+    """Raise naming the valid options when a builder gets an option its configuration does not have."""
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise InvalidInputError(
+            f"Unknown {model_label} option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(known))}."
+        )
 
 
 def nearest_valid_size(size_px: int, divisor_px: int) -> int:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InvalidInputError
-from .base import SegmentationModel
+from .base import SegmentationModel, check_known_options
 from .convnext import CONVNEXT_CONFIGS, build_convnext, load_convnext_checkpoint, read_state_dict
 from .hbis import HBISLayer
 from .layers import LayerNorm2d
@@ -227,12 +227,7 @@ class BiCoRSegConfig:
 
     def replace(self, **options: Any) -> BiCoRSegConfig:
         """Copy with options changed; an unknown option raises naming the valid ones."""
-        known = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise InvalidInputError(
-                f"Unknown BiCoR-Seg option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(known))}."
-            )
+        check_known_options(options, [f.name for f in dataclasses.fields(self)], "BiCoR-Seg")
         if options.get("pretrained_path") is not None:
             options["pretrained_path"] = str(options["pretrained_path"])
         return dataclasses.replace(self, **options)

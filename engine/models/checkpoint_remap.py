@@ -46,6 +46,7 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from ..errors import ModelLoadError
+from .base import strip_wrapper_prefixes
 from .convnext import detect_convnext_layout, read_state_dict, rename_convnext_key
 
 __all__ = ["AUTHORS_LAYOUT", "RemapReport", "load_original_checkpoint", "remap_original_checkpoint"]
@@ -92,14 +93,6 @@ class RemapReport:
     reshaped_keys: tuple[str, ...]
 
 
-def _strip_wrappers(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    out = dict(state_dict)
-    for prefix in _WRAPPERS:
-        if out and all(k.startswith(prefix) for k in out):
-            out = {k[len(prefix) :]: v for k, v in out.items()}
-    return out
-
-
 def _apply_extra(key: str, extra: tuple[tuple[re.Pattern[str], str], ...]) -> str:
     for pattern, repl in extra:
         key = pattern.sub(repl, key)
@@ -121,7 +114,7 @@ def remap_original_checkpoint(
         original keys that matched no rule.
     """
     extra = tuple((re.compile(p), r) for p, r in (extra_renames or {}).items())
-    source = _strip_wrappers(state_dict)
+    source = strip_wrapper_prefixes(state_dict, _WRAPPERS)
     renamed: dict[str, Tensor] = {}
     origin: dict[str, str] = {}
     unmatched: list[str] = []

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InvalidInputError, ModelLoadError
+from .base import strip_wrapper_prefixes
 from .layers import DropPath, LayerNorm2d
 
 __all__ = [
@@ -316,18 +317,6 @@ class ConvNeXtLoadReport:
     dropped_head_keys: tuple[str, ...]
 
 
-def _strip_wrappers(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    out = dict(state_dict)
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _WRAPPER_PREFIXES:
-            if out and all(k.startswith(prefix) for k in out):
-                out = {k[len(prefix) :]: v for k, v in out.items()}
-                changed = True
-    return out
-
-
 def detect_convnext_layout(state_dict: Mapping[str, Tensor]) -> CheckpointLayout:
     """Guess the key layout of a ConvNeXt state dict from its key names.
 
@@ -363,7 +352,7 @@ def remap_convnext_state_dict(
     Returns:
         ``(renamed, unmatched_source_keys, head_keys, layout)``.
     """
-    source = _strip_wrappers(state_dict)
+    source = strip_wrapper_prefixes(state_dict, _WRAPPER_PREFIXES)
     layout = layout or detect_convnext_layout(source)
     renamed: dict[str, Tensor] = {}
     unmatched: list[str] = []

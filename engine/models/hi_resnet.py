@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InvalidInputError
-from .base import SegmentationModel
+from .base import SegmentationModel, check_known_options
 from .hi_resnet_blocks import BlockFactory, FunnelBlock, MultiBranchModule
 from .layers import ConvBnAct
 from .ocr_head import AspOcrHead, CoarseHead
@@ -141,12 +141,7 @@ class HiResNetConfig:
 
     def replace(self, **options: Any) -> HiResNetConfig:
         """Copy with options changed; JSON lists become tuples; an unknown option raises naming the valid ones."""
-        known = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise InvalidInputError(
-                f"Unknown Hi-ResNet option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(known))}."
-            )
+        check_known_options(options, [f.name for f in dataclasses.fields(self)], "Hi-ResNet")
         fixed: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
         return dataclasses.replace(self, **fixed)
 
