@@ -68,6 +68,7 @@ class DataConfig:
         rot90_p: Probability of a random quarter turn.
         smart_crop_max_ratio: Re-draw a crop (up to 10 times) while one class covers more than this share.
         mosaic_p: Probability of a 4-image mosaic per training sample.
+        colour_jitter: Photometric jitter strength in [0, 1) (brightness, contrast, saturation, band gains); 0 = off.
         norm_mean: Per-band mean subtracted after scaling to [0, 1] (written into the model card).
         norm_std: Per-band standard deviation (written into the model card).
         value_range: Raw values mapped to 0 and 1 before standardising (8-bit: [0, 255]).
@@ -89,6 +90,7 @@ class DataConfig:
     rot90_p: float = 0.5
     smart_crop_max_ratio: float = 0.75
     mosaic_p: float = 0.25
+    colour_jitter: float = 0.0
     norm_mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     norm_std: tuple[float, ...] = (0.229, 0.224, 0.225)
     value_range: tuple[float, float] = (0.0, 255.0)
@@ -250,6 +252,7 @@ class TrainConfig:
         )
         for key in ("cutmix_p", "flip_p", "rot90_p", "mosaic_p"):
             _require(0 <= getattr(self.data, key) <= 1, f"data.{key}", "must be a probability in [0, 1]")
+        _require(0 <= self.data.colour_jitter < 1, "data.colour_jitter", "must be in [0, 1); 0.2 is typical")
         _require(bool(self.data.scales) and min(self.data.scales) > 0, "data.scales", "must list positive factors")
         _require(
             len(self.data.norm_mean) == len(self.data.norm_std),

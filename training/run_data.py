@@ -105,6 +105,8 @@ def build_run_data(config: TrainConfig, dist_ctx: Distributed) -> RunData:
         flip_p=cfg.flip_p,
         rot90_p=cfg.rot90_p,
         max_ratio=cfg.smart_crop_max_ratio,
+        colour_jitter=cfg.colour_jitter,
+        value_range=cfg.value_range,
     )
     train_set = build_dataset(cfg.name, cfg.root, cfg.train_split, transforms=transforms,
                               normalization=normalization, mosaic_p=cfg.mosaic_p, **_split_options(config, True))  # fmt: skip

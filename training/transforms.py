@@ -6,7 +6,7 @@ never with a class. Randomness always comes from an explicit ``numpy.random.Gene
 workers and tests are reproducible.
 
 The recipe (GeoSeg/BiCoR family, see ``training-spec.md`` section 4): random scale, "smart" random crop,
-flips/rot90, 25 % mosaic, and ImageNet normalisation; Hi-ResNet adds CutMix, here with the label pasted together
+flips/rot90, 25 % mosaic, and ImageNet normalisation (plus optional colour jitter); Hi-ResNet adds CutMix, here with the label pasted together
 with the image (the reference code pasted the image box only, which mislabels pixels).
 """
 
@@ -98,6 +98,59 @@ class RandomRotate90:
             return sample
         k = int(rng.integers(1, 4))
         return _contiguous(np.rot90(sample["image"], k, axes=(-2, -1)), np.rot90(sample["mask"], k, axes=(0, 1)))
+
+
+@dataclass(frozen=True)
+class ColourJitter:
+    """Photometric jitter: random brightness, contrast, saturation and per-band gain, mask untouched.
+
+    Tiles of one city differ in sun, haze and sensor white balance far more than in geometry; a model trained on
+    a few tiles without this learns their colours and misreads the next tile (the first Dubai default model lost
+    most roads and buildings to "land" on the held-out tile). Factors are drawn uniformly in
+    ``[1 - strength, 1 + strength]`` (per-band gain in a quarter of that range), applied in random order on
+    values scaled to [0, 1] by ``value_range`` and clipped back into it.
+
+    Attributes:
+        strength: Jitter amplitude in [0, 1); 0 disables the transform.
+        p: Probability of jittering a sample.
+        value_range: Raw values mapped to 0 and 1 (8-bit imagery: 0 and 255).
+    """
+
+    strength: float = 0.2
+    p: float = 0.8
+    value_range: tuple[float, float] = (0.0, 255.0)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.strength < 1:
+            raise InvalidInputError(f"Colour jitter strength {self.strength} must be in [0, 1); 0.2 is typical.")
+        if self.value_range[1] <= self.value_range[0]:
+            raise InvalidInputError(f"Colour jitter value range {self.value_range} must be increasing, e.g. (0, 255).")
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        """Jitter the image of ``sample``; its dtype and the mask are kept."""
+        if self.strength == 0 or rng.random() >= self.p:
+            return sample
+        image = sample["image"]
+        low, high = self.value_range
+        values = (image.astype(np.float32) - low) / (high - low)
+        amplitude = self.strength
+        for step in rng.permutation(4):
+            factor = np.float32(rng.uniform(1 - amplitude, 1 + amplitude))
+            if step == 0:  # brightness
+                values = values * factor
+            elif step == 1:  # contrast around the image mean
+                mean = values.mean()
+                values = (values - mean) * factor + mean
+            elif step == 2 and values.shape[0] >= 3:  # saturation around the grey of the first three bands
+                grey = values[:3].mean(axis=0, keepdims=True)
+                values = np.concatenate([(values[:3] - grey) * factor + grey, values[3:]], axis=0)
+            elif step == 3:  # white balance: one gain per band
+                gains = rng.uniform(1 - amplitude / 4, 1 + amplitude / 4, size=(values.shape[0], 1, 1))
+                values = values * gains.astype(np.float32)
+        values = np.clip(values, 0.0, 1.0) * (high - low) + low
+        if np.issubdtype(image.dtype, np.integer):
+            values = np.rint(values)
+        return {"image": np.ascontiguousarray(values.astype(image.dtype)), "mask": sample["mask"]}
 
 
 def resize_sample(sample: Sample, height: int, width: int) -> Sample:
@@ -367,8 +420,12 @@ def build_train_transforms(
     rot90_p: float = 0.5,
     max_ratio: float = 0.75,
     ignore_index: int = IGNORE_INDEX,
+    colour_jitter: float = 0.0,
+    value_range: tuple[float, float] = (0.0, 255.0),
 ) -> Compose:
-    """The recipe's training augmentation: random scale, smart crop, h/v flips, rot90.
+    """The recipe's training augmentation: random scale, smart crop, h/v flips, rot90, optional colour jitter.
+
+    Colour jitter (``colour_jitter`` > 0, see :class:`ColourJitter`) runs last, on the crop, where it is cheapest.
 
     Mosaic needs four samples and is applied by the dataset (``mosaic_p``); CutMix acts on batches
     (:func:`cutmix_batch`).
@@ -380,5 +437,6 @@ def build_train_transforms(
             HorizontalFlip(flip_p),
             VerticalFlip(flip_p),
             RandomRotate90(rot90_p),
+            ColourJitter(colour_jitter, value_range=value_range),
         )
     )

@@ -61,6 +61,7 @@ def test_yaml_1_1_exponent_strings_are_accepted_as_numbers(tmp_path: Path) -> No
         ("optim.lr.x=1", "is a value, not a section"),
         ("data.val_split=test", "equals the test split"),
         ("optim.lookahead_alpha=2", "optim.lookahead_alpha"),
+        ("data.colour_jitter=1.5", "'data.colour_jitter' must be in [0, 1)"),
         ("novalue", "must look like section.key=value"),
     ],
 )

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from engine.errors import InvalidInputError
 from engine.model_card import ModelCard
 from training.transforms import (
+    ColourJitter,
     Compose,
     HorizontalFlip,
     Normalization,
@@ -215,3 +216,65 @@ def test_train_recipe_outputs_crop_size():
         out = transforms(sample, np.random.default_rng(seed))
         assert out["image"].shape == (3, 16, 16) and out["mask"].shape == (16, 16)
         assert set(np.unique(out["mask"])) <= {0, 1, 2, 3, 4, 255}
+
+
+def photo_sample(seed: int = 0, dtype: type = np.uint8) -> dict:
+    rng = np.random.default_rng(seed)
+    image = rng.integers(20, 236, size=(3, 24, 24)).astype(dtype)
+    return {"image": image, "mask": rng.integers(0, 5, size=(24, 24)).astype(np.int64)}
+
+
+def test_colour_jitter_changes_colours_only_and_keeps_dtype_range_and_mask():
+    sample = photo_sample()
+    out = ColourJitter(0.3, p=1.0)(sample, np.random.default_rng(1))
+    assert out["image"].dtype == np.uint8 and out["image"].shape == sample["image"].shape
+    np.testing.assert_array_equal(out["mask"], sample["mask"])
+    assert np.abs(out["image"].astype(int) - sample["image"].astype(int)).mean() > 1.0
+    # Photometric only: the ranking of pixels within a band survives brightness/contrast/gain (up to rounding).
+    band_in, band_out = sample["image"][0].ravel().astype(float), out["image"][0].ravel().astype(float)
+    assert np.corrcoef(band_in, band_out)[0, 1] > 0.9
+
+
+def test_colour_jitter_clips_to_the_value_range_of_float_data():
+    sample = {"image": np.full((3, 4, 4), 0.95, np.float32), "mask": np.zeros((4, 4), np.int64)}
+    outs = [ColourJitter(0.5, p=1.0, value_range=(0.0, 1.0))(sample, np.random.default_rng(s)) for s in range(20)]
+    assert all(o["image"].dtype == np.float32 for o in outs)
+    assert all(0.0 <= o["image"].min() and o["image"].max() <= 1.0 for o in outs)
+    assert any(o["image"].max() == 1.0 for o in outs)  # some draws brighten past the top and are clipped
+
+
+def test_colour_jitter_is_reproducible_and_off_at_zero_strength():
+    sample = photo_sample(3)
+    first = ColourJitter(0.2, p=1.0)(sample, np.random.default_rng(7))
+    second = ColourJitter(0.2, p=1.0)(sample, np.random.default_rng(7))
+    np.testing.assert_array_equal(first["image"], second["image"])
+    assert ColourJitter(0.0, p=1.0)(sample, np.random.default_rng(7)) is sample
+
+
+def test_colour_jitter_handles_a_fourth_band():
+    # Saturation mixes only bands 0-2; a bright band 3 (e.g. NIR) keeps its own level, it is not pulled to grey.
+    grey = np.full((3, 8, 8), 100, np.uint8)
+    nir = np.full((1, 8, 8), 200, np.uint8)
+    sample = {"image": np.concatenate([grey, nir]), "mask": np.zeros((8, 8), np.int64)}
+    out = ColourJitter(0.3, p=1.0)(sample, np.random.default_rng(2))
+    assert out["image"].shape == (4, 8, 8)
+    assert out["image"][3].mean() > out["image"][:3].mean()
+
+
+@pytest.mark.parametrize(("strength", "value_range"), [(-0.1, (0.0, 255.0)), (1.0, (0.0, 255.0)), (0.2, (5.0, 5.0))])
+def test_colour_jitter_rejects_bad_settings(strength, value_range):
+    with pytest.raises(InvalidInputError):
+        ColourJitter(strength, value_range=value_range)
+
+
+def test_train_recipe_with_colour_jitter_keeps_masks_and_changes_images():
+    sample = {"image": np.full((3, 24, 30), 120, np.uint8), "mask": np.arange(720).reshape(24, 30) % 5}
+    plain = build_train_transforms(crop_size_px=16, scales=(1.0,), flip_p=0.0, rot90_p=0.0)
+    jittered = build_train_transforms(crop_size_px=16, scales=(1.0,), flip_p=0.0, rot90_p=0.0, colour_jitter=0.3)
+    changed = 0
+    for seed in range(6):
+        a = plain(sample, np.random.default_rng(seed))
+        b = jittered(sample, np.random.default_rng(seed))
+        np.testing.assert_array_equal(a["mask"], b["mask"])
+        changed += int(not np.array_equal(a["image"], b["image"]))
+    assert changed >= 3  # p = 0.8 per sample
