@@ -220,3 +220,13 @@ def test_real_dubai_tile_masks_are_mostly_labelled():
     assert len(dataset) == 9
     assert (masks == 255).mean() < 0.05
     assert set(np.unique(masks)) <= {0, 1, 2, 3, 4, 255}
+
+
+@pytest.mark.parametrize(("balance_tiles", "expected_tile1_share"), [(False, 960 / (960 + 432)), (True, 0.5)])
+def test_colour_masks_draw_by_area_or_tiles_equally(tiles, balance_tiles, expected_tile1_share):
+    # Training tiles 1 (two 20 x 24 parts) and 3 (two 12 x 18 parts); images of tile 1 have values 11 and 12.
+    train = colour_dataset(tiles, "train", samples_per_epoch=4, balance_tiles=balance_tiles)
+    rng = np.random.default_rng(0)
+    draws = [train.load_sample(0, rng)["image"] for _ in range(3000)]
+    tile1_share = np.mean([d.shape[1:] == (20, 24) for d in draws])
+    assert tile1_share == pytest.approx(expected_tile1_share, abs=0.03)

@@ -97,6 +97,7 @@ class ColourMaskDataset(SegmentationDataset):
         samples_per_epoch: int | None = None,
         window_px: int | None = None,
         eval_patch_px: int | None = None,
+        balance_tiles: bool = False,
         transforms: SampleTransform | None = None,
         normalization: Normalization | None = None,
         mosaic_p: float = 0.0,
@@ -116,6 +117,9 @@ class ColourMaskDataset(SegmentationDataset):
             samples_per_epoch: If set, yield this many random samples per epoch (training).
             window_px: Random window cut from the drawn image before the transforms (saves resizing whole images).
             eval_patch_px: Without ``samples_per_epoch``: cut images into a grid of windows of this size.
+            balance_tiles: Random samples draw every tile equally often (then images by area within the tile)
+                instead of every pixel equally often. The Dubai tiles range from 2 to 33 megapixels and differ in
+                scene and labelling style; by area, one tile would give over half of all training samples.
             transforms: Joint augmentation.
             normalization: Band scaling and standardisation.
             mosaic_p: Mosaic probability.
@@ -146,8 +150,19 @@ class ColourMaskDataset(SegmentationDataset):
         self.eval_patch_px = eval_patch_px
         self.images, self.masks = self._load_all()
         self.windows = self._eval_windows(eval_patch_px) if samples_per_epoch is None else []
+        self._draw_weights = self._sampling_weights(balance_tiles)
+
+    def _sampling_weights(self, balance_tiles: bool) -> NDArray[np.float64]:
+        """Probability of drawing each image: by area, or by area within tiles that are drawn equally often."""
         areas = np.array([m.size for m in self.masks], dtype=np.float64)
-        self._draw_weights = areas / areas.sum()
+        if not balance_tiles:
+            return areas / areas.sum()
+        tile_of = np.array(self._image_tiles)
+        weights = np.empty_like(areas)
+        for tile in set(self._image_tiles):
+            members = tile_of == tile
+            weights[members] = areas[members] / areas[members].sum() / len(set(self._image_tiles))
+        return weights / weights.sum()
 
     @staticmethod
     def _parse_classes(
@@ -194,6 +209,7 @@ class ColourMaskDataset(SegmentationDataset):
     def _load_all(self) -> tuple[list[NDArray[np.uint8]], list[NDArray[np.uint8]]]:
         images: list[NDArray[np.uint8]] = []
         masks: list[NDArray[np.uint8]] = []
+        self._image_tiles: list[str] = []
         unknown_px = 0
         for tile in self.tiles:
             for image_path in sorted(p for p in (tile / "images").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
@@ -203,6 +219,7 @@ class ColourMaskDataset(SegmentationDataset):
                 image, mask, unknown = self._load_pair(image_path, mask_path)
                 images.append(image)
                 masks.append(mask)
+                self._image_tiles.append(tile.name)
                 unknown_px += unknown
         if unknown_px:
             logger.warning("%s: %d mask pixels had colours of no class; they are ignored.", self.info.name, unknown_px)
