@@ -156,13 +156,15 @@ class ColourMaskDataset(SegmentationDataset):
         """Probability of drawing each image: by area, or by area within tiles that are drawn equally often."""
         areas = np.array([m.size for m in self.masks], dtype=np.float64)
         if not balance_tiles:
-            return areas / areas.sum()
+            normalised: NDArray[np.float64] = areas / areas.sum()
+            return normalised
         tile_of = np.array(self._image_tiles)
         weights = np.empty_like(areas)
         for tile in set(self._image_tiles):
             members = tile_of == tile
             weights[members] = areas[members] / areas[members].sum() / len(set(self._image_tiles))
-        return weights / weights.sum()
+        balanced: NDArray[np.float64] = weights / weights.sum()
+        return balanced
 
     @staticmethod
     def _parse_classes(
