@@ -2,7 +2,7 @@
 
 Scores the embedded model files exactly as the plugin runs them (ONNX Runtime backend of the engine, the card's
 tile size and overlap, gaussian stitching through the engine's tiling and stitching) on whole validation (tile 3)
-and test (tile 1) images at the training resolution (downscale 0.5), and times both backends on the same tiles.
+and test (tile 1) images at the training resolution (from the card's nominal GSD), and times both backends on the same tiles.
 
 Usage: PYTHONPATH=. .venv/bin/python -m benchmarks.default_model [--splits val test] [--threads 2]
 """
@@ -32,6 +32,17 @@ DATA = REPO.parent / "shared" / "data" / "dubai-aerial"
 SPLIT_TILES = {"val": {"val_tiles": [3], "test_tiles": [1]}, "test": {"val_tiles": [3], "test_tiles": [1]}}
 
 
+#: The dataset publishes no pixel size; its pixels are taken as this nominal size (as the training configs do).
+DATASET_NOMINAL_GSD_M = 1.0
+
+
+def training_downscale(card_gsd_m: float | None) -> float:
+    """The ``downscale`` the model was trained at, from the card's nominal GSD (2 m -> 0.5, 1 m -> 1.0)."""
+    if not card_gsd_m:
+        return 1.0
+    return min(1.0, DATASET_NOMINAL_GSD_M / card_gsd_m)
+
+
 class OnnxTensorBackend:
     """The engine's ONNX Runtime backend seen through the torch-tensor interface ``predict_image`` uses."""
 
@@ -55,7 +66,7 @@ def score(model: Path, split: str, threads: int) -> dict[str, Any]:
         DATA,
         split,
         normalization=Normalization.from_card(card),
-        downscale=0.5,
+        downscale=training_downscale(card.gsd_m),
         **SPLIT_TILES[split],
     )
     spec = TilingSpec(tile_size_px=card.tile_size_px, overlap_px=card.overlap_px)
