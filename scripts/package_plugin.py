@@ -24,6 +24,9 @@ SKIP_DIRS = {"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache", "test
 SKIP_SUFFIXES = {".pyc", ".pyo", ".orig", ".rej", ".swp"}
 #: Sample rasters for the README are not needed by the plugin; keep the download small.
 SKIP_RESOURCE_DIRS = {"sample"}
+#: The int8 variant of the default model stays in the repository (engine command line, MODEL = its path): with the
+#: float32 default beside it the zip would pass the plugin repository's 25 MB limit.
+SKIP_RESOURCE_SUFFIXES = (".int8.onnx",)
 
 
 def iter_files(root: Path, skip_dirs: set[str] = SKIP_DIRS) -> Iterator[Path]:
@@ -45,6 +48,8 @@ def plugin_entries(repo: Path = REPO) -> list[tuple[str, Path]]:
     for path in iter_files(repo / "engine"):
         entries.append((f"{PLUGIN}/engine/{path.relative_to(repo / 'engine').as_posix()}", path))
     for path in iter_files(repo / "resources", SKIP_DIRS | SKIP_RESOURCE_DIRS):
+        if path.name.endswith(SKIP_RESOURCE_SUFFIXES):
+            continue
         entries.append((f"{PLUGIN}/resources/{path.relative_to(repo / 'resources').as_posix()}", path))
     for name in ("metadata.txt", "LICENSE"):
         source = repo / name
