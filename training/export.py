@@ -29,7 +29,7 @@ from training.checkpoints import load_model
 from training.command import run_json_command
 from training.config import resolve_config
 from training.datasets import build_dataset
-from training.transforms import Normalization
+from training.transforms import Normalization, Sample, crop_sample, pad_sample
 
 __all__ = ["calibration_inputs", "export_checkpoint", "main", "quantize_int8", "quantize_int8_static"]
 
@@ -92,14 +92,13 @@ def calibration_inputs(
     size = card.tile_size_px
     crops: list[NDArray[np.float32]] = []
     for index in rng.integers(0, len(dataset), size=count):
-        image = dataset[int(index)]["image"].numpy()
-        height, width = image.shape[1:]
+        tensors = dataset[int(index)]
+        sample: Sample = {"image": tensors["image"].numpy(), "mask": tensors["mask"].numpy()}
+        height, width = sample["mask"].shape
         top = int(rng.integers(0, max(height - size, 0) + 1))
         left = int(rng.integers(0, max(width - size, 0) + 1))
-        crop = np.zeros((image.shape[0], size, size), np.float32)
-        window = image[:, top : top + size, left : left + size]
-        crop[:, : window.shape[1], : window.shape[2]] = window
-        crops.append(crop[None])
+        window = crop_sample(sample, top, left, min(size, height), min(size, width))
+        crops.append(pad_sample(window, size, size)["image"][None])  # normalised image padded with 0
     return crops
 
 

@@ -155,16 +155,12 @@ class ColourMaskDataset(SegmentationDataset):
     def _sampling_weights(self, balance_tiles: bool) -> NDArray[np.float64]:
         """Probability of drawing each image: by area, or by area within tiles that are drawn equally often."""
         areas = np.array([m.size for m in self.masks], dtype=np.float64)
-        if not balance_tiles:
-            normalised: NDArray[np.float64] = areas / areas.sum()
-            return normalised
-        tile_of = np.array(self._image_tiles)
-        weights = np.empty_like(areas)
-        for tile in set(self._image_tiles):
-            members = tile_of == tile
-            weights[members] = areas[members] / areas[members].sum() / len(set(self._image_tiles))
-        balanced: NDArray[np.float64] = weights / weights.sum()
-        return balanced
+        if balance_tiles:
+            # Each image's share of its own tile's area; every tile then sums to the same weight.
+            _, tile_index = np.unique(self._image_tiles, return_inverse=True)
+            areas = areas / np.bincount(tile_index, weights=areas)[tile_index]
+        weights: NDArray[np.float64] = areas / areas.sum()
+        return weights
 
     @staticmethod
     def _parse_classes(
