@@ -1,0 +1,169 @@
+"""Reference baseline for the default model: a plain 1.1 M-parameter U-Net on the default model's Dubai split.
+
+Issue 6 sets the default model's target against "a plain 1.1 M-parameter U-Net trained from scratch on this
+2-core CPU (half resolution, cross-entropy with label smoothing, flips, AdamW)". This script trains exactly that
+recipe on the split the default model uses (train on tiles 2, 4, 5, 6, 7; validation tile 3; test tile 1) and
+prints JSON rows of validation and test mIoU every ``--eval-every`` minutes, so the target can be read against
+the same tiles. It also trains ``bicorseg_small`` under the same recipe (``--model bicorseg_small``) for a side by
+side comparison at equal wall time. Two runs with ``--threads 1`` can share the 2-core machine fairly.
+
+Recipe: images halved once at load; random 256 px crops, image drawn by area; horizontal and vertical flips;
+batch 8; AdamW (lr 1e-3, weight decay 0.01), cosine to zero over ``--minutes``; cross-entropy with label smoothing
+0.1 (ignore 255); no gradient clipping. Evaluation: whole images, reflect-padded to a multiple of 32, argmax.
+
+Usage: PYTHONPATH=. .venv/bin/python -m benchmarks.reference_unet [--model unet] [--minutes 30] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.models import create_model
+from training.datasets.colour_masks import DubaiAerial
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "dubai-aerial"
+CROP_PX = 256
+NUM_CLASSES = 5
+IGNORE = 255
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)[:, None, None] * 255
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)[:, None, None] * 255
+
+
+def _double_conv(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+    )  # fmt: skip
+
+
+class UNet(nn.Module):
+    """Plain U-Net: double 3x3 conv + BN + ReLU per level, max-pool down, transposed conv up, full-res head.
+
+    Widths 12-24-48-96-192 give 1.09 M parameters at 5 classes, the size the issue names.
+    """
+
+    def __init__(self, num_classes: int, widths: tuple[int, ...] = (12, 24, 48, 96, 192)) -> None:
+        super().__init__()
+        self.down = nn.ModuleList(_double_conv(3 if i == 0 else widths[i - 1], w) for i, w in enumerate(widths))
+        self.up = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, 2) for i in range(len(widths) - 1))
+        self.merge = nn.ModuleList(_double_conv(2 * widths[i], widths[i]) for i in range(len(widths) - 1))
+        self.head = nn.Conv2d(widths[0], num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        x = skips.pop()
+        for i in reversed(range(len(self.up))):
+            x = self.merge[i](torch.cat([self.up[i](x), skips[i]], dim=1))
+        out: torch.Tensor = self.head(x)
+        return out
+
+
+def _logits(output: Any) -> torch.Tensor:
+    return output.logits if hasattr(output, "logits") else output
+
+
+def _pad_to_crop(dataset: DubaiAerial) -> None:
+    # Tile 2 is 254 x 272 px at half resolution: pad it (image 0, mask ignore) so every image holds a crop.
+    for k, mask in enumerate(dataset.masks):
+        ph, pw = max(0, CROP_PX - mask.shape[0]), max(0, CROP_PX - mask.shape[1])
+        if ph or pw:
+            dataset.images[k] = np.pad(dataset.images[k], ((0, 0), (0, ph), (0, pw)))
+            dataset.masks[k] = np.pad(mask, ((0, ph), (0, pw)), constant_values=IGNORE)
+
+
+def _batch(dataset: DubaiAerial, weights: np.ndarray, rng: np.random.Generator, size: int = 8) -> tuple[Any, Any]:
+    images, masks = [], []
+    for _ in range(size):
+        i = int(rng.choice(len(weights), p=weights))
+        top = int(rng.integers(0, dataset.masks[i].shape[0] - CROP_PX + 1))
+        left = int(rng.integers(0, dataset.masks[i].shape[1] - CROP_PX + 1))
+        image = dataset.images[i][:, top : top + CROP_PX, left : left + CROP_PX].astype(np.float32)
+        mask = dataset.masks[i][top : top + CROP_PX, left : left + CROP_PX].astype(np.int64)
+        if rng.random() < 0.5:
+            image, mask = image[:, :, ::-1], mask[:, ::-1]
+        if rng.random() < 0.5:
+            image, mask = image[:, ::-1], mask[::-1]
+        images.append((image - MEAN) / STD)
+        masks.append(mask.copy())
+    return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: DubaiAerial) -> dict[str, Any]:
+    """mIoU and per-class IoU over whole images of a split."""
+    model.eval()
+    confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+    for image, mask in zip(dataset.images, dataset.masks, strict=True):
+        height, width = mask.shape
+        x = torch.from_numpy(((image - MEAN) / STD)[None].astype(np.float32))
+        x = F.pad(x, (0, -width % 32, 0, -height % 32), mode="reflect")
+        pred = _logits(model(x))[0, :, :height, :width].argmax(0).numpy()
+        valid = mask < NUM_CLASSES
+        confusion += np.bincount(
+            mask[valid].astype(np.int64) * NUM_CLASSES + pred[valid], minlength=NUM_CLASSES**2
+        ).reshape(NUM_CLASSES, NUM_CLASSES)
+    model.train()
+    iou = np.diag(confusion) / np.maximum(confusion.sum(0) + confusion.sum(1) - np.diag(confusion), 1)
+    return {"miou": round(float(iou.mean()), 4), "iou": [round(float(v), 3) for v in iou]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="unet", help="'unet' or a registered model name (e.g. bicorseg_small)")
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--eval-every", type=float, default=6.0, help="minutes between evaluations")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    split = {"val_tiles": [3], "test_tiles": [1], "downscale": 0.5}
+    train, val, test = (DubaiAerial(DATA, name, **split) for name in ("train", "val", "test"))  # type: ignore[arg-type]
+    _pad_to_crop(train)
+    weights = np.array([m.size for m in train.masks], dtype=np.float64)
+    weights /= weights.sum()
+    model: nn.Module = UNet(NUM_CLASSES) if args.model == "unet" else create_model(args.model, NUM_CLASSES)
+    optimizer = torch.optim.AdamW(model.parameters(), args.lr, weight_decay=0.01)
+    started, step, next_eval = time.monotonic(), 0, args.eval_every
+    while True:
+        minutes = (time.monotonic() - started) / 60
+        if minutes >= next_eval or minutes >= args.minutes:
+            row = {"model": args.model, "minutes": round(minutes, 1), "steps": step}
+            row |= {f"val_{k}": v for k, v in evaluate(model, val).items()}
+            row |= {f"test_{k}": v for k, v in evaluate(model, test).items()}
+            print(json.dumps(row), flush=True)
+            next_eval += args.eval_every
+            if minutes >= args.minutes:
+                break
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * min(minutes / args.minutes, 1.0)))
+        images, masks = _batch(train, weights, rng)
+        logits = _logits(model(images))
+        if logits.shape[-2:] != masks.shape[-2:]:
+            logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
+        loss = F.cross_entropy(logits, masks, ignore_index=IGNORE, label_smoothing=0.1)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        step += 1
+
+
+if __name__ == "__main__":
+    main()
