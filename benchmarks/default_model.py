@@ -4,7 +4,7 @@ Scores the embedded model files exactly as the plugin runs them (ONNX Runtime ba
 tile size and overlap, gaussian stitching through the engine's tiling and stitching) on whole validation (tile 3)
 and test (tile 1) images at the training resolution (from the card's nominal GSD), and times both backends on the same tiles.
 
-Usage: PYTHONPATH=. .venv/bin/python -m benchmarks.default_model [--splits val test] [--threads 2]
+Usage: PYTHONPATH=. .venv/bin/python -m benchmarks.default_model [--splits val test] [--threads 2] [--tta flip]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch
 from engine.backends import load_backend
 from engine.metrics import SegmentationMetrics
 from engine.model_card import read_card
+from engine.pipeline import make_predictor
 from engine.tiling import TilingSpec
 from training.datasets import build_dataset
 from training.inference import confusion_over_images
@@ -46,20 +47,21 @@ def training_downscale(card_gsd_m: float | None) -> float:
 class OnnxTensorBackend:
     """The engine's ONNX Runtime backend seen through the torch-tensor interface ``predict_image`` uses."""
 
-    def __init__(self, path: Path, threads: int) -> None:
+    def __init__(self, path: Path, threads: int, tta: str = "none") -> None:
         self.card = read_card(path)
         self.backend = load_backend(path, self.card, backend="onnxruntime", device="cpu", num_threads=threads)
+        self.predict = make_predictor(self.backend, self.card.num_classes, tta)  # the plugin's own TTA code path
         self.seconds = 0.0
 
     def predict_tensor(self, batch: torch.Tensor) -> torch.Tensor:
         started = time.perf_counter()
-        probs = self.backend.predict(batch.numpy().astype(np.float32))
+        probs = self.predict(batch.numpy().astype(np.float32))
         self.seconds += time.perf_counter() - started
         return torch.from_numpy(probs)
 
 
-def score(model: Path, split: str, threads: int) -> dict[str, Any]:
-    backend = OnnxTensorBackend(model, threads)
+def score(model: Path, split: str, threads: int, tta: str = "none") -> dict[str, Any]:
+    backend = OnnxTensorBackend(model, threads, tta)
     card = backend.card
     dataset = build_dataset(
         "dubai_aerial",
@@ -77,6 +79,7 @@ def score(model: Path, split: str, threads: int) -> dict[str, Any]:
         "model": model.name,
         "size_mb": round(model.stat().st_size / 1e6, 2),
         "split": split,
+        "tta": tta,
         "images": len(dataset),
         "miou": metrics.miou,
         "oa": metrics.oa,
@@ -91,10 +94,13 @@ def main() -> None:
                         default=[REPO / "resources/models/default.onnx", REPO / "resources/models/default.int8.onnx"])  # fmt: skip
     parser.add_argument("--splits", nargs="+", default=["val", "test"])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tta", choices=("none", "flip"), default="none", help="flip test-time augmentation (3x)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "default_model.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    rows = [score(model, split, args.threads) for split in args.splits for model in args.models if model.exists()]
+    rows = [
+        score(model, split, args.threads, args.tta) for split in args.splits for model in args.models if model.exists()
+    ]
     result: dict[str, Any] = {"rows": rows}
     for split in args.splits:
         pair = [r for r in rows if r["split"] == split]
