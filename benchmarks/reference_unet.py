@@ -29,16 +29,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.metrics import ConfusionMatrixAccumulator, SegmentationMetrics
 from engine.models import create_model
 from training.datasets.colour_masks import DubaiAerial
+from training.transforms import Normalization
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "dubai-aerial"
 CROP_PX = 256
 NUM_CLASSES = 5
 IGNORE = 255
-MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)[:, None, None] * 255
-STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)[:, None, None] * 255
+NORMALIZE = Normalization()  # ImageNet statistics on 8-bit input, as the default model
 
 
 def _double_conv(c_in: int, c_out: int) -> nn.Sequential:
@@ -77,28 +78,17 @@ def _logits(output: Any) -> torch.Tensor:
     return output.logits if hasattr(output, "logits") else output
 
 
-def _pad_to_crop(dataset: DubaiAerial) -> None:
-    # Tile 2 is 254 x 272 px at half resolution: pad it (image 0, mask ignore) so every image holds a crop.
-    for k, mask in enumerate(dataset.masks):
-        ph, pw = max(0, CROP_PX - mask.shape[0]), max(0, CROP_PX - mask.shape[1])
-        if ph or pw:
-            dataset.images[k] = np.pad(dataset.images[k], ((0, 0), (0, ph), (0, pw)))
-            dataset.masks[k] = np.pad(mask, ((0, ph), (0, pw)), constant_values=IGNORE)
-
-
-def _batch(dataset: DubaiAerial, weights: np.ndarray, rng: np.random.Generator, size: int = 8) -> tuple[Any, Any]:
+def _batch(dataset: DubaiAerial, rng: np.random.Generator, size: int = 8) -> tuple[Any, Any]:
     images, masks = [], []
     for _ in range(size):
-        i = int(rng.choice(len(weights), p=weights))
-        top = int(rng.integers(0, dataset.masks[i].shape[0] - CROP_PX + 1))
-        left = int(rng.integers(0, dataset.masks[i].shape[1] - CROP_PX + 1))
-        image = dataset.images[i][:, top : top + CROP_PX, left : left + CROP_PX].astype(np.float32)
-        mask = dataset.masks[i][top : top + CROP_PX, left : left + CROP_PX].astype(np.int64)
+        # The dataset's own random window: image drawn by area, padded (image 0, mask ignore) where it is smaller.
+        sample = dataset.load_sample(0, rng)
+        image, mask = sample["image"], sample["mask"]
         if rng.random() < 0.5:
             image, mask = image[:, :, ::-1], mask[:, ::-1]
         if rng.random() < 0.5:
             image, mask = image[:, ::-1], mask[::-1]
-        images.append((image - MEAN) / STD)
+        images.append(NORMALIZE(image))
         masks.append(mask.copy())
     return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks))
 
@@ -107,19 +97,15 @@ def _batch(dataset: DubaiAerial, weights: np.ndarray, rng: np.random.Generator, 
 def evaluate(model: nn.Module, dataset: DubaiAerial) -> dict[str, Any]:
     """mIoU and per-class IoU over whole images of a split."""
     model.eval()
-    confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+    confusion = ConfusionMatrixAccumulator(NUM_CLASSES, IGNORE)
     for image, mask in zip(dataset.images, dataset.masks, strict=True):
         height, width = mask.shape
-        x = torch.from_numpy(((image - MEAN) / STD)[None].astype(np.float32))
+        x = torch.from_numpy(NORMALIZE(image)[None])
         x = F.pad(x, (0, -width % 32, 0, -height % 32), mode="reflect")
-        pred = _logits(model(x))[0, :, :height, :width].argmax(0).numpy()
-        valid = mask < NUM_CLASSES
-        confusion += np.bincount(
-            mask[valid].astype(np.int64) * NUM_CLASSES + pred[valid], minlength=NUM_CLASSES**2
-        ).reshape(NUM_CLASSES, NUM_CLASSES)
+        confusion.update(_logits(model(x))[0, :, :height, :width].argmax(0).numpy(), mask)
     model.train()
-    iou = np.diag(confusion) / np.maximum(confusion.sum(0) + confusion.sum(1) - np.diag(confusion), 1)
-    return {"miou": round(float(iou.mean()), 4), "iou": [round(float(v), 3) for v in iou]}
+    metrics = SegmentationMetrics.from_confusion(confusion.matrix, dataset.info.class_names)
+    return {"miou": round(metrics.miou, 4), "iou": [round(v, 3) for v in metrics.iou]}
 
 
 def main() -> None:
@@ -134,11 +120,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    split = {"val_tiles": [3], "test_tiles": [1], "downscale": 0.5}
-    train, val, test = (DubaiAerial(DATA, name, **split) for name in ("train", "val", "test"))  # type: ignore[arg-type]
-    _pad_to_crop(train)
-    weights = np.array([m.size for m in train.masks], dtype=np.float64)
-    weights /= weights.sum()
+    split: dict[str, Any] = {"val_tiles": [3], "test_tiles": [1], "downscale": 0.5}
+    train = DubaiAerial(DATA, "train", samples_per_epoch=1, window_px=CROP_PX, **split)
+    val, test = (DubaiAerial(DATA, name, **split) for name in ("val", "test"))
     model: nn.Module = UNet(NUM_CLASSES) if args.model == "unet" else create_model(args.model, NUM_CLASSES)
     optimizer = torch.optim.AdamW(model.parameters(), args.lr, weight_decay=0.01)
     started, step, next_eval = time.monotonic(), 0, args.eval_every
@@ -154,7 +138,7 @@ def main() -> None:
                 break
         for group in optimizer.param_groups:
             group["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * min(minutes / args.minutes, 1.0)))
-        images, masks = _batch(train, weights, rng)
+        images, masks = _batch(train, rng)
         logits = _logits(model(images))
         if logits.shape[-2:] != masks.shape[-2:]:
             logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
