@@ -21,7 +21,7 @@ import torch
 
 from engine.backends import load_backend
 from engine.metrics import SegmentationMetrics
-from engine.model_card import read_card
+from engine.model_file import ModelFile
 from engine.pipeline import make_predictor
 from engine.tiling import TilingSpec
 from training.datasets import build_dataset
@@ -48,8 +48,9 @@ class OnnxTensorBackend:
     """The engine's ONNX Runtime backend seen through the torch-tensor interface ``predict_image`` uses."""
 
     def __init__(self, path: Path, threads: int, tta: str = "none") -> None:
-        self.card = read_card(path)
-        self.backend = load_backend(path, self.card, backend="onnxruntime", device="cpu", num_threads=threads)
+        model = ModelFile.open(path)
+        self.card = model.card
+        self.backend = load_backend(model, backend="onnxruntime", device="cpu", num_threads=threads)
         self.predict = make_predictor(self.backend, self.card.num_classes, tta)  # the plugin's own TTA code path
         self.seconds = 0.0
 

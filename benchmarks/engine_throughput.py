@@ -36,6 +36,7 @@ from benchmarks.synthetic import (
 )
 from engine.backends import load_backend
 from engine.model_card import NODATA_CLASS, ModelCard
+from engine.model_file import ModelFile
 from engine.pipeline import SegmentationRequest, segment_raster
 from engine.raster_io import RasterSource
 from engine.tiling import TilingSpec, core_window, iter_tile_windows
@@ -120,9 +121,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             checkpoint = None
         else:
             onnx_path, checkpoint, card = export_registry_model(args.model, folder, args.tile, args.overlap)
-        backends: dict[str, Any] = {"onnxruntime": load_backend(onnx_path, card, "onnxruntime", "cpu", args.threads)}
+        backends: dict[str, Any] = {
+            "onnxruntime": load_backend(ModelFile.open(onnx_path), "onnxruntime", "cpu", args.threads)
+        }
         if checkpoint is not None and not args.skip_torch:
-            backends["torch"] = load_backend(checkpoint, card, "torch", "cpu", args.threads)
+            backends["torch"] = load_backend(ModelFile.open(checkpoint), "torch", "cpu", args.threads)
         model_files = {"onnxruntime": onnx_path, "torch": checkpoint}
         tiles = read_tiles(raster, card, spec)
         for backend in backends.values():  # warm-up: first calls allocate and plan

@@ -16,7 +16,7 @@ from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from engine.model_card import ModelCard, onnx_metadata_props
+from engine.model_card import ModelCard, embed_card
 
 CLASSES = ("building", "land", "road", "vegetation", "water", "unlabeled")
 COLOURS = ("#3c1098", "#8429f6", "#6ec1e4", "#fedd3a", "#e2a929", "#9b9b9b")
@@ -91,9 +91,7 @@ def export_pointwise_model(folder: Path, tile_px: int, overlap_px: int) -> tuple
             dynamic_axes={"input": axes, "logits": axes}, opset_version=17, dynamo=False,
         )  # fmt: skip
     proto = onnx.load(str(path))
-    for key, value in onnx_metadata_props(card).items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
+    embed_card(proto, card)
     onnx.save(proto, str(path))
     return path, card
 

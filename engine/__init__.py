@@ -20,7 +20,10 @@ _PUBLIC: dict[str, str] = {
     "SegmentationRequest": "request",
     "SegmentationResult": "request",
     "segment_raster": "pipeline",
+    "CHECKPOINT_SUFFIXES": "model_card",
     "ModelCard": "model_card",
+    "ModelFile": "model_file",
+    "export_checkpoint_file": "export",
     "read_card": "model_card",
     "load_backend": "backends",
     "diagnose": "backends",
@@ -30,13 +33,16 @@ _PUBLIC: dict[str, str] = {
 }
 
 __all__ = [
+    "CHECKPOINT_SUFFIXES",
     "BiCoRSegError",
     "ModelCard",
+    "ModelFile",
     "ProgressReporter",
     "SegmentationRequest",
     "SegmentationResult",
     "__version__",
     "diagnose",
+    "export_checkpoint_file",
     "load_backend",
     "read_card",
     "resolve_model_path",

@@ -219,10 +219,9 @@ def _segment(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _info(args: argparse.Namespace, out: TextIO) -> int:
-    from .backends import resolve_model_path
-    from .model_card import read_card
+    from .model_file import ModelFile
 
-    card = read_card(resolve_model_path(args.model or None))
+    card = ModelFile.open(args.model or None).card
     out.write(json.dumps(card.to_dict(), indent=2, sort_keys=True) + "\n")
     return EXIT_OK
 

@@ -23,18 +23,33 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import InvalidInputError, OutputPathError
-from .model_card import ModelCard, onnx_metadata_props
+from .errors import InvalidInputError, ModelLoadError, OutputPathError
+from .model_card import ModelCard, embed_card
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAME", "check_onnx_parity", "export_onnx", "state_dict_sha256"]
+__all__ = [
+    "DEFAULT_ATOL",
+    "INPUT_NAME",
+    "MIN_ARGMAX_AGREEMENT",
+    "OUTPUT_NAME",
+    "check_onnx_parity",
+    "export_checked",
+    "export_checkpoint_file",
+    "export_onnx",
+    "parity_sizes",
+    "state_dict_sha256",
+]
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+#: Largest tolerated |torch - onnxruntime| logit difference of a float32 export.
+DEFAULT_ATOL = 1e-3
+#: Smallest tolerated share of pixels whose arg-max class agrees between torch and the float32 export.
+MIN_ARGMAX_AGREEMENT = 0.999
 #: Edge of the dummy input used for tracing; a multiple of every model's size divisor in this project.
 _TRACE_SIZE_PX = 64
 
@@ -145,10 +160,7 @@ def export_onnx(model: nn.Module, card: ModelCard, path: str | Path, opset: int 
                     dynamo=False,
                 )
             proto = onnx.load(str(tmp))
-            del proto.metadata_props[:]
-            for key, value in onnx_metadata_props(card).items():
-                entry = proto.metadata_props.add()
-                entry.key, entry.value = key, value
+            embed_card(proto, card)
             proto.doc_string = f"{card.name} ({card.architecture}), exported by bicorseg engine.export"
             onnx.save(proto, str(tmp))
             # mkstemp creates the file readable by its owner only; give it the usual permissions before moving.
@@ -212,3 +224,63 @@ def check_onnx_parity(
         "argmax_agreement": min(v["argmax_agreement"] for v in per_size.values()),
         "per_size": per_size,
     }
+
+
+def parity_sizes(card: ModelCard, divisor_px: int) -> list[tuple[int, int]]:
+    """Input sizes an export is checked at: the card's tile (what the engine feeds) and a small non-square size."""
+    # The non-square size catches shapes baked into the graph at trace time.
+    return [(card.tile_size_px, card.tile_size_px), (2 * divisor_px, 3 * divisor_px)]
+
+
+def export_checked(
+    model: nn.Module,
+    card: ModelCard,
+    path: str | Path,
+    opset: int = 17,
+    heatmaps: bool = False,
+    atol: float = DEFAULT_ATOL,
+) -> dict[str, Any]:
+    """Export with :func:`export_onnx`, then refuse (and remove) a file that disagrees with torch.
+
+    Returns:
+        The parity report of :func:`check_onnx_parity`.
+
+    Raises:
+        ModelLoadError: If the largest logit difference exceeds ``atol`` or the arg-max agreement is below
+            :data:`MIN_ARGMAX_AGREEMENT`; nothing is left at ``path``.
+    """
+    path = Path(path)
+    export_onnx(model, card, path, opset=opset, heatmaps=heatmaps)
+    divisor = max(int(getattr(model, "size_divisor_px", 1)), card.size_divisor_px)
+    parity = check_onnx_parity(model, path, parity_sizes(card, divisor))
+    if parity["max_abs_diff"] > atol or parity["argmax_agreement"] < MIN_ARGMAX_AGREEMENT:
+        path.unlink(missing_ok=True)
+        raise ModelLoadError(
+            f"The ONNX export disagrees with torch (max |diff| {parity['max_abs_diff']:.2e} > {atol:g} or arg-max "
+            f"agreement {parity['argmax_agreement']:.4f} < {MIN_ARGMAX_AGREEMENT}); the file was removed. "
+            "Try another opset or report the model."
+        )
+    return parity
+
+
+def export_checkpoint_file(
+    checkpoint: str | Path, path: str | Path, opset: int = 17, heatmaps: bool = False, atol: float = DEFAULT_ATOL
+) -> tuple[Path, ModelCard, dict[str, Any]]:
+    """Open a torch checkpoint once, rebuild its model and export it, checked against torch.
+
+    Returns:
+        ``(written path, card, parity report)``.
+
+    Raises:
+        ModelLoadError: If the checkpoint is not a model this engine can build, or the export disagrees.
+        ModelCardError: If it carries no valid card.
+    """
+    from .model_file import ModelFile
+    from .models.from_checkpoint import model_from_checkpoint
+
+    model_file = ModelFile.open(checkpoint)
+    if model_file.kind != "torch":
+        raise InvalidInputError(f"'{model_file.path.name}' is already an ONNX model; give a torch checkpoint (.pt).")
+    model = model_from_checkpoint(model_file.checkpoint, model_file.card, model_file.path.name)
+    parity = export_checked(model, model_file.card, path, opset=opset, heatmaps=heatmaps, atol=atol)
+    return Path(path), model_file.card, parity

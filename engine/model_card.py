@@ -30,6 +30,8 @@ ONNX_METADATA_KEY = "bicorseg_model_card"
 CHECKPOINT_KEY = "model_card"
 #: Label written where there is no class (nodata, masked, outside the extent); class indices are 0..K-1.
 NODATA_CLASS = 255
+#: File suffixes of torch checkpoints (everything else that is a model is ``.onnx``).
+CHECKPOINT_SUFFIXES: tuple[str, ...] = (".pt", ".pth", ".ckpt")
 
 OutputActivation = Literal["logits", "probabilities"]
 _HEX_COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
@@ -338,74 +340,40 @@ def card_from_onnx_metadata(props: Mapping[str, str], name: str, num_bands: int 
     return card_from_deepness_metadata(props, name=name, num_bands=num_bands)
 
 
-def read_onnx_metadata(path: Path) -> tuple[dict[str, str], int]:
-    """Return an ONNX file's metadata_props and its input channel count (3 if not static).
+def embed_card(proto: Any, card: ModelCard) -> None:
+    """Write ``card`` (and the Deepness keys) into an ``onnx.ModelProto``'s ``metadata_props``, replacing old ones.
 
-    Uses the ``onnx`` package when installed; otherwise onnxruntime (the QGIS plugin may only have that).
+    The one card writer: every export, quantised copy and test model gets its metadata from here.
     """
-    try:
-        import onnx
-    except ImportError:
-        onnx_available = False
-    else:
-        onnx_available = True
-    if onnx_available:
-        try:
-            proto = onnx.load(str(path), load_external_data=False)
-        except Exception as exc:  # protobuf raises a zoo of types on corrupt files
-            raise ModelLoadError(f"Cannot read ONNX model '{path}': {exc}. Is the file complete?") from exc
-        props = {p.key: p.value for p in proto.metadata_props}
-        dims = proto.graph.input[0].type.tensor_type.shape.dim if proto.graph.input else []
-        channels = dims[1].dim_value if len(dims) == 4 and dims[1].dim_value > 0 else 3
-        return props, channels
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise ModelLoadError("Reading an ONNX model needs onnx or onnxruntime; pip install onnxruntime.") from exc
-    try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own untyped errors for corrupt files
-        raise ModelLoadError(f"Cannot read ONNX model '{path}': {exc}. Is the file complete?") from exc
-    shape = session.get_inputs()[0].shape
-    channels = shape[1] if len(shape) == 4 and isinstance(shape[1], int) else 3
-    return dict(session.get_modelmeta().custom_metadata_map), channels
+    del proto.metadata_props[:]
+    for key, value in onnx_metadata_props(card).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
 
 
 def read_card(path: str | Path) -> ModelCard:
     """Read the model card carried by a ``.onnx`` file or a torch checkpoint (``.pt``, ``.pth``, ``.ckpt``).
 
+    A convenience for callers that need only the card; a segmentation run opens the file once as a
+    :class:`~engine.model_file.ModelFile` instead.
+
     Raises:
         ModelLoadError: If the file is missing or not a model.
         ModelCardError: If the model carries no valid card.
     """
+    from .model_file import ModelFile
+
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"Model file '{path}' does not exist; check the path or leave MODEL empty.")
-    if path.suffix.lower() == ".onnx":
-        props, channels = read_onnx_metadata(path)
-        return card_from_onnx_metadata(props, name=path.stem, num_bands=channels)
-    if path.suffix.lower() in (".pt", ".pth", ".ckpt"):
-        return card_from_checkpoint(load_checkpoint(path), path)
-    raise ModelLoadError(
-        f"Model file '{path}' has an unknown extension '{path.suffix}'; use .onnx or a torch checkpoint (.pt/.pth)."
-    )
+    return ModelFile.open(path).card
 
 
 def load_checkpoint(path: Path) -> Mapping[str, Any]:
     """Load a torch checkpoint dict safely (``weights_only``), mapping failures to :class:`ModelLoadError`."""
-    try:
-        import torch
-    except ImportError as exc:
-        raise ModelLoadError(
-            "Reading a torch checkpoint needs PyTorch; install it or use the model's .onnx export."
-        ) from exc
-    try:
-        checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError... on bad files
-        raise ModelLoadError(f"Cannot read torch checkpoint '{path}': {exc}. Is the file complete?") from exc
-    if not isinstance(checkpoint, Mapping):
-        raise ModelLoadError(f"Torch checkpoint '{path}' is not a dict; save {{'state_dict': ..., 'model_card': ...}}.")
-    return checkpoint
+    from .model_file import read_checkpoint
+
+    return read_checkpoint(Path(path))
 
 
 def card_from_checkpoint(checkpoint: Mapping[str, Any], path: Path | str = "checkpoint") -> ModelCard:

@@ -18,7 +18,6 @@ Ctrl-C leaves nothing at the output paths.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -31,9 +30,10 @@ from numpy.typing import NDArray
 from rasterio.windows import Window
 
 from . import __version__
-from .backends import InferenceBackend, load_backend, resolve_model_path
+from .backends import InferenceBackend, load_backend
 from .errors import CanceledError, InvalidInputError, InvalidRasterError, ModelLoadError
-from .model_card import ModelCard, read_card
+from .model_card import ModelCard
+from .model_file import ModelFile
 from .progress import NullProgress, ProgressReporter
 from .raster_io import RasterSource, SegmentationWriter
 from .request import TTA_MODES, SegmentationRequest, SegmentationResult, check_output_paths, resolve_tiling
@@ -50,7 +50,6 @@ __all__ = [
     "StitchStats",
     "check_output_paths",
     "count_classes",
-    "file_sha256",
     "make_predictor",
     "provenance_tags",
     "resolve_tiling",
@@ -214,15 +213,6 @@ def make_predictor(backend: InferenceBackend, num_classes: int, tta: str = "none
     return flip_averaged
 
 
-def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
-    """SHA-256 hex digest of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def provenance_tags(
     request: SegmentationRequest,
     card: ModelCard,
@@ -257,14 +247,16 @@ def segment_raster(
     request: SegmentationRequest,
     progress: ProgressReporter | None = None,
     backend: InferenceBackend | None = None,
+    model: ModelFile | None = None,
 ) -> SegmentationResult:
     """Segment one raster into a class raster (and optional heatmaps) with a model carrying a card.
 
     Args:
         request: What to segment, with which model and options.
         progress: Progress, messages and cancellation; silent if None.
-        backend: An already loaded backend (tests, benchmarks, the plugin's session cache); loaded from
-            ``request.model_path`` if None. The card is always read from the model file.
+        backend: An already loaded backend (tests, benchmarks); loaded from the model file if None.
+        model: The model file, already opened by the caller (the plugin opens it to plan the run); opened from
+            ``request.model_path`` if None. Either way the file is read once per run.
 
     Returns:
         What was written and how.
@@ -278,8 +270,9 @@ def segment_raster(
     started = time.perf_counter()
     reporter = progress if progress is not None else NullProgress()
     check_output_paths(request)
-    model_path = resolve_model_path(request.model_path)
-    card = read_card(model_path)
+    if model is None:
+        model = ModelFile.open(request.model_path)
+    card = model.card
     spec = resolve_tiling(request, card)
     batch_size = request.batch_size or int(getattr(card, "batch_size", 0) or DEFAULT_BATCH_SIZE)
     with RasterSource.open(
@@ -294,10 +287,10 @@ def segment_raster(
             _say(reporter, f"'{request.input_path}' has no georeference; segmenting its pixel grid.", logging.WARNING)
         if backend is None:
             backend = load_backend(
-                model_path, card, backend=request.backend, device=request.device, num_threads=request.num_threads
+                model, backend=request.backend, device=request.device, num_threads=request.num_threads
             )
         _say(reporter, f"Model '{card.name}' runs with {backend.name} on {backend.device}: {backend.device_reason}")
-        model_sha256 = file_sha256(model_path)
+        model_sha256 = model.sha256
         tags = provenance_tags(request, card, model_sha256, spec, batch_size, backend)
         resampled = bool(getattr(source, "resampled", False)) or (source.height, source.width) != (
             source.input_height,

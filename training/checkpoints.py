@@ -23,10 +23,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.model_card import CHECKPOINT_KEY, ModelCard, card_from_checkpoint, load_checkpoint
-from engine.models import create_model
+from engine.model_card import CHECKPOINT_KEY, ModelCard, card_from_checkpoint
+from engine.model_file import read_checkpoint
+from engine.models.from_checkpoint import model_from_checkpoint
 
-__all__ = ["load_model", "load_training_checkpoint", "save_checkpoint", "strip_prefix", "unwrap_model"]
+__all__ = ["load_model", "load_training_checkpoint", "save_checkpoint", "unwrap_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +36,6 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     """The plain model inside a DistributedDataParallel (or similar ``.module``) wrapper."""
     inner = getattr(model, "module", None)
     return inner if isinstance(inner, nn.Module) else model
-
-
-def strip_prefix(state_dict: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-    """Remove ``prefix`` from the keys that start with it (other keys are kept as they are)."""
-    return {(k.removeprefix(prefix)): v for k, v in state_dict.items()}
 
 
 def save_checkpoint(
@@ -109,7 +105,7 @@ def load_training_checkpoint(path: Path) -> dict[str, Any]:
     Raises:
         engine.errors.ModelLoadError: If the file is missing, corrupt or not a dict.
     """
-    return dict(load_checkpoint(Path(path)))
+    return dict(read_checkpoint(Path(path)))
 
 
 def load_model(checkpoint: Path | Mapping[str, Any], device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
@@ -124,11 +120,11 @@ def load_model(checkpoint: Path | Mapping[str, Any], device: str | torch.device 
 
     Raises:
         engine.errors.ModelCardError: If the checkpoint carries no valid card.
-        RuntimeError: If the weights do not fit the architecture the card names.
+        engine.errors.ModelLoadError: If the weights do not fit the architecture the card names.
     """
     data = load_training_checkpoint(checkpoint) if isinstance(checkpoint, Path | str) else checkpoint
-    card = card_from_checkpoint(data, checkpoint if isinstance(checkpoint, Path | str) else "checkpoint")
-    model: nn.Module = create_model(card.architecture, num_classes=card.num_classes, **dict(card.architecture_args))
-    model.load_state_dict(strip_prefix(data["state_dict"], "module."))
-    model.to(device).eval()
+    source = Path(checkpoint).name if isinstance(checkpoint, Path | str) else "checkpoint"
+    card = card_from_checkpoint(data, source)
+    model = model_from_checkpoint(data, card, source)
+    model.to(device)
     return model, card

@@ -23,9 +23,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from engine.errors import BiCoRSegError, InvalidInputError
-from engine.export import check_onnx_parity, export_onnx
-from engine.model_card import ModelCard, load_checkpoint, onnx_metadata_props
-from training.checkpoints import load_model
+from engine.export import DEFAULT_ATOL, check_onnx_parity, export_checked, parity_sizes
+from engine.model_card import ModelCard, embed_card
+from engine.model_file import ModelFile
+from engine.models.from_checkpoint import model_from_checkpoint
 from training.command import run_json_command
 from training.config import resolve_config
 from training.datasets import build_dataset
@@ -38,11 +39,6 @@ Int8Mode = Literal["static", "dynamic"]
 CALIBRATION_CROPS = 32
 
 logger = logging.getLogger(__name__)
-
-#: Largest tolerated |torch - onnxruntime| logit difference of a float32 export.
-DEFAULT_ATOL = 1e-3
-#: Smallest tolerated share of pixels whose arg-max class agrees between torch and the float32 export.
-MIN_ARGMAX_AGREEMENT = 0.999
 
 
 def quantize_int8(source: Path, target: Path, card: ModelCard) -> Path:
@@ -58,10 +54,7 @@ def _write_card(target: Path, card: ModelCard) -> None:
     import onnx
 
     proto = onnx.load(str(target))
-    del proto.metadata_props[:]
-    for key, value in onnx_metadata_props(card).items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
+    embed_card(proto, card)
     onnx.save(proto, str(target))
 
 
@@ -132,11 +125,6 @@ def quantize_int8_static(source: Path, target: Path, card: ModelCard, inputs: Se
     return target
 
 
-def _parity_sizes(card: ModelCard, divisor: int) -> list[tuple[int, int]]:
-    # The card's tile (what the engine feeds) plus a small non-square size, to catch baked-in shapes.
-    return [(card.tile_size_px, card.tile_size_px), (2 * divisor, 3 * divisor)]
-
-
 def export_checkpoint(
     checkpoint: Path,
     output: Path,
@@ -166,17 +154,11 @@ def export_checkpoint(
     """
     if output.suffix.lower() != ".onnx":
         raise InvalidInputError(f"Output '{output}' must end in .onnx.")
-    model, card = load_model(checkpoint, "cpu")
-    export_onnx(model, card, output, opset=opset, heatmaps=heatmaps)
+    model_file = ModelFile.open(checkpoint)
+    card = model_file.card
+    model = model_from_checkpoint(model_file.checkpoint, card, model_file.path.name)
+    parity = export_checked(model, card, output, opset=opset, heatmaps=heatmaps, atol=atol)
     divisor = max(int(getattr(model, "size_divisor_px", 1)), card.size_divisor_px)
-    parity = check_onnx_parity(model, output, _parity_sizes(card, divisor))
-    if parity["max_abs_diff"] > atol or parity["argmax_agreement"] < MIN_ARGMAX_AGREEMENT:
-        output.unlink(missing_ok=True)
-        raise BiCoRSegError(
-            f"The ONNX export disagrees with torch (max |diff| {parity['max_abs_diff']:.2e} > {atol:g} or arg-max "
-            f"agreement {parity['argmax_agreement']:.4f} < {MIN_ARGMAX_AGREEMENT}); the file was removed. "
-            "Try another --opset or report the model."
-        )
     report: dict[str, Any] = {
         "checkpoint": str(checkpoint),
         "onnx": str(output),
@@ -188,10 +170,10 @@ def export_checkpoint(
     if int8:
         int8_path = output.with_name(f"{output.stem}.int8.onnx")
         if int8 == "static":
-            quantize_int8_static(output, int8_path, card, calibration_inputs(load_checkpoint(checkpoint), card))
+            quantize_int8_static(output, int8_path, card, calibration_inputs(model_file.checkpoint, card))
         else:
             quantize_int8(output, int8_path, card)
-        int8_parity = check_onnx_parity(model, int8_path, _parity_sizes(card, divisor))
+        int8_parity = check_onnx_parity(model, int8_path, parity_sizes(card, divisor))
         report.update({"int8_mode": int8, "int8_onnx": str(int8_path), "int8_onnx_mb": round(int8_path.stat().st_size / 2**20, 2),
                        "int8_parity": int8_parity})  # fmt: skip
     if card_json is not None:

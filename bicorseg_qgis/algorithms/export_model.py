@@ -84,10 +84,7 @@ class ExportModelAlgorithm(BiCoRSegAlgorithm):
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
         """Load the checkpoint, rebuild the model from its card, and export it."""
-        from ..engine.errors import ModelLoadError
-        from ..engine.export import export_onnx
-        from ..engine.model_card import card_from_checkpoint, load_checkpoint
-        from ..engine.models import create_model
+        from ..engine import export_checkpoint_file
 
         source = Path(self.parameterAsFile(parameters, self.INPUT, context))
         if not source.is_file():
@@ -99,39 +96,18 @@ class ExportModelAlgorithm(BiCoRSegAlgorithm):
         output = Path(self.parameterAsFileOutput(parameters, self.OUTPUT, context))
         if output.suffix.lower() != ".onnx":
             output = output.with_suffix(".onnx")
-        checkpoint = load_checkpoint(source)
-        card = card_from_checkpoint(checkpoint, source)
-        if card.architecture == "external":
-            raise QgsProcessingException(
-                self.tr(
-                    "Checkpoint '{path}' is not a BiCoR-Seg model (architecture 'external'); nothing to export."
-                ).format(path=source)
-            )
-        feedback.pushInfo(
-            self.tr("Rebuilding '{arch}' with {k} classes.").format(arch=card.architecture, k=card.num_classes)
-        )
+        feedback.pushInfo(self.tr("Rebuilding the model from '{path}' and exporting it.").format(path=source.name))
         feedback.setProgress(10)
-        try:
-            model = create_model(card.architecture, num_classes=card.num_classes, **dict(card.architecture_args))
-        except KeyError as exc:
-            raise ModelLoadError(str(exc.args[0]) if exc.args else str(exc)) from exc
-        state = checkpoint.get("state_dict")
-        if state is None:
-            raise ModelLoadError(f"Checkpoint '{source}' has no 'state_dict'; save it with training.checkpoints.")
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise ModelLoadError(
-                f"The weights in '{source}' do not fit '{card.architecture}' as its card describes it: {exc}"
-            ) from exc
-        model.eval()
-        feedback.setProgress(30)
-        written = export_onnx(
-            model,
-            card,
+        written, card, parity = export_checkpoint_file(
+            source,
             output,
             opset=self.parameterAsInt(parameters, self.OPSET, context),
             heatmaps=self.parameterAsBool(parameters, self.HEATMAPS, context),
+        )
+        feedback.pushInfo(
+            self.tr(
+                "ONNX Runtime agrees with torch: max logit difference {diff:.1e}, arg-max agreement {agree:.4f}."
+            ).format(diff=parity["max_abs_diff"], agree=parity["argmax_agreement"])
         )
         feedback.setProgress(100)
         feedback.pushInfo(self.tr("Wrote {path}.").format(path=written))

@@ -36,7 +36,6 @@ from .base import BiCoRSegAlgorithm
 
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("auto", "onnxruntime", "torch")
-TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
 #: Share of the progress bar for reading a non-file layer into a temporary GeoTIFF.
 RENDER_PROGRESS_PERCENT = 20.0
 
@@ -48,6 +47,7 @@ class _Run:
     layer: QgsRasterLayer
     statistics_path: Path
     rendered: bool
+    model: Any  # the engine's ModelFile, opened once and handed to the run
 
 
 class SegmentLandCoverAlgorithm(BiCoRSegAlgorithm):
@@ -162,7 +162,9 @@ class SegmentLandCoverAlgorithm(BiCoRSegAlgorithm):
         backend = self.parameterAsEnumString(parameters, self.BACKEND, context) or "auto"
         model = self.parameterAsFile(parameters, self.MODEL, context)
         required = ["numpy", "rasterio"]
-        if backend == "torch" or Path(model).suffix.lower() in TORCH_SUFFIXES:
+        from ..engine import CHECKPOINT_SUFFIXES  # the card module imports only the standard library
+
+        if backend == "torch" or Path(model).suffix.lower() in CHECKPOINT_SUFFIXES:
             return [*required, "torch"], []
         if backend == "onnxruntime":
             return [*required, "onnxruntime"], []
@@ -172,13 +174,13 @@ class SegmentLandCoverAlgorithm(BiCoRSegAlgorithm):
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
         """Build the request, run the engine on this (background) thread, report, and attach the styles."""
-        from ..engine.pipeline import segment_raster
+        from ..engine import segment_raster
 
         request, run = self.build_request(parameters, context, feedback)
         start = RENDER_PROGRESS_PERCENT if run.rendered else 0.0
         progress = FeedbackProgress(feedback, start_percent=start, span_percent=100.0 - start)
         try:
-            result = segment_raster(request, progress=progress)
+            result = segment_raster(request, progress=progress, model=run.model)
         finally:
             if run.rendered:
                 Path(request.input_path).unlink(missing_ok=True)
@@ -208,9 +210,7 @@ class SegmentLandCoverAlgorithm(BiCoRSegAlgorithm):
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> tuple[Any, _Run]:
         """The ONE place that reads this algorithm's parameters: returns the engine request and run details."""
-        from ..engine.backends import resolve_model_path
-        from ..engine.model_card import read_card
-        from ..engine.pipeline import SegmentationRequest
+        from ..engine import ModelFile, SegmentationRequest
 
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if layer is None or not layer.isValid():
@@ -222,7 +222,7 @@ class SegmentLandCoverAlgorithm(BiCoRSegAlgorithm):
                     "Model file '{path}' does not exist; choose an existing .onnx/.pt file or leave MODEL empty."
                 ).format(path=model_text)
             )
-        model_path = resolve_model_path(model_text or None)
+        model = ModelFile.open(model_text or None)
         bands = tuple(self.parameterAsInts(parameters, self.BANDS, context) or ()) or None
         for band in bands or ():
             if not 1 <= band <= layer.bandCount():
@@ -246,7 +246,7 @@ class SegmentLandCoverAlgorithm(BiCoRSegAlgorithm):
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)  # as QGIS's own raster writers do
         mask = self._mask_geometries(parameters, context, layer)
-        card = read_card(model_path)
+        card = model.card
         progress = FeedbackProgress(feedback, 0.0, RENDER_PROGRESS_PERCENT)
         source = raster_input(layer, extent, card.gsd_m, context, feedback, progress)
         overlap = self.parameterAsInt(parameters, self.OVERLAP, context)
@@ -254,7 +254,7 @@ class SegmentLandCoverAlgorithm(BiCoRSegAlgorithm):
             input_path=source.path,
             output_path=output,
             heatmaps_path=Path(heatmaps_text) if heatmaps_text else None,
-            model_path=model_path,
+            model_path=model.path,
             device=self.parameterAsEnumString(parameters, self.DEVICE, context) or "auto",
             backend=self.parameterAsEnumString(parameters, self.BACKEND, context) or "auto",
             bands=bands,
@@ -267,7 +267,7 @@ class SegmentLandCoverAlgorithm(BiCoRSegAlgorithm):
             mask_geometries=mask,
         )
         statistics = output.with_name(output.stem + "_class_statistics.csv")
-        return request, _Run(layer=layer, statistics_path=statistics, rendered=source.rendered)
+        return request, _Run(layer=layer, statistics_path=statistics, rendered=source.rendered, model=model)
 
     def _mask_geometries(
         self, parameters: dict[str, Any], context: QgsProcessingContext, layer: QgsRasterLayer

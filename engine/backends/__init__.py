@@ -6,13 +6,12 @@ Nothing here imports torch or onnxruntime at module level: a missing library sur
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..default_model import DEFAULT_MODEL_PATH, resolve_model_path
-from ..errors import InvalidInputError, ModelLoadError
-from ..model_card import ModelCard
-from .base import BACKENDS, CHECKPOINT_SUFFIXES, DEVICES, InferenceBackend, check_choice, softmax
+from ..errors import InvalidInputError
+from ..model_file import ModelFile
+from .contract import BACKENDS, DEVICES, InferenceBackend, check_choice
 from .devices import diagnose
+from .probabilities import softmax
 
 __all__ = [
     "DEFAULT_MODEL_PATH",
@@ -25,38 +24,30 @@ __all__ = [
 ]
 
 
-def select_backend_name(model_path: Path, backend: str = "auto") -> str:
+def select_backend_name(model: ModelFile, backend: str = "auto") -> str:
     """The backend for a model file: ``.onnx`` -> onnxruntime, checkpoints -> torch.
 
     Raises:
         InvalidInputError: If the backend name is unknown or cannot run this kind of file (the message says how).
-        ModelLoadError: If the file extension is not a known model format.
     """
     choice = check_choice(backend, BACKENDS, "backend", "BACKEND / --backend")
-    suffix = Path(model_path).suffix.lower()
-    if suffix == ".onnx":
+    if model.kind == "onnx":
         if choice == "torch":
             raise InvalidInputError(
-                f"BACKEND torch cannot run the ONNX model '{Path(model_path).name}'; choose BACKEND onnxruntime "
+                f"BACKEND torch cannot run the ONNX model '{model.path.name}'; choose BACKEND onnxruntime "
                 "(or auto), or give the torch checkpoint."
             )
         return "onnxruntime"
-    if suffix in CHECKPOINT_SUFFIXES:
-        if choice == "onnxruntime":
-            raise InvalidInputError(
-                f"BACKEND onnxruntime cannot run the torch checkpoint '{Path(model_path).name}'; export it to ONNX "
-                "first (`python -m training.export` or the bicorseg:exportmodel algorithm), or choose BACKEND torch."
-            )
-        return "torch"
-    raise ModelLoadError(
-        f"Model file '{Path(model_path).name}' has an unknown extension '{suffix}'; use .onnx or a torch checkpoint "
-        f"({', '.join(CHECKPOINT_SUFFIXES)})."
-    )
+    if choice == "onnxruntime":
+        raise InvalidInputError(
+            f"BACKEND onnxruntime cannot run the torch checkpoint '{model.path.name}'; export it to ONNX "
+            "first (`python -m training.export` or the bicorseg:exportmodel algorithm), or choose BACKEND torch."
+        )
+    return "torch"
 
 
 def load_backend(
-    model_path: Path,
-    card: ModelCard,
+    model: ModelFile,
     backend: str = "auto",
     device: str = "auto",
     num_threads: int | None = None,
@@ -64,8 +55,7 @@ def load_backend(
     """Load a model for inference.
 
     Args:
-        model_path: ``.onnx`` model or torch checkpoint.
-        card: The model's card (read it with :func:`engine.model_card.read_card`).
+        model: The opened model file (:meth:`engine.model_file.ModelFile.open`); its card and bytes are reused.
         backend: ``"auto"`` (by file type), ``"onnxruntime"`` or ``"torch"``.
         device: ``"auto"`` (CUDA when usable, with the reason recorded in ``device_reason``), ``"cpu"`` or
             ``"cuda"``.
@@ -78,11 +68,11 @@ def load_backend(
         ModelLoadError: If the model cannot be loaded or does not match its card.
     """
     device_choice = check_choice(device, DEVICES, "device", "DEVICE / --device")
-    name = select_backend_name(model_path, backend)
+    name = select_backend_name(model, backend)
     if name == "onnxruntime":
         from .onnx_backend import OnnxBackend
 
-        return OnnxBackend(Path(model_path), card, device=device_choice, num_threads=num_threads)
+        return OnnxBackend(model, device=device_choice, num_threads=num_threads)
     from .torch_backend import TorchBackend
 
-    return TorchBackend(Path(model_path), card, device=device_choice, num_threads=num_threads)
+    return TorchBackend(model, device=device_choice, num_threads=num_threads)

@@ -15,7 +15,8 @@ from types import ModuleType
 from typing import Any
 
 from ..errors import BackendUnavailableError
-from .base import DeviceName, physical_core_count
+from .contract import DeviceName
+from .threads import physical_core_count
 
 #: What to install, per backend library, into the Python that runs the engine (QGIS's, for the plugin).
 INSTALL_HINTS: dict[str, str] = {

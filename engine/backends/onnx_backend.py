@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import BackendUnavailableError, ModelLoadError
-from ..model_card import ModelCard
-from .base import check_batch, check_output, physical_core_count, to_probabilities
+from ..model_file import ModelFile
+from .contract import check_batch, check_output
 from .devices import choose_device, import_backend_library, onnxruntime_cuda_status
+from .probabilities import to_probabilities
+from .threads import physical_core_count
 
 logger = logging.getLogger(__name__)
 
@@ -30,12 +31,11 @@ class OnnxBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, model_path: Path, card: ModelCard, device: str = "auto", num_threads: int | None = None) -> None:
-        """Create the inference session.
+    def __init__(self, model: ModelFile, device: str = "auto", num_threads: int | None = None) -> None:
+        """Take the model file's inference session (built once, from the bytes it already read).
 
         Args:
-            model_path: The ``.onnx`` file.
-            card: Its model card (band count, class count, output activation).
+            model: The opened ``.onnx`` file, with its card (band count, class count, output activation).
             device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
             num_threads: Intra-op threads; default: the physical core count.
 
@@ -44,23 +44,15 @@ class OnnxBackend:
             ModelLoadError: If the model cannot be loaded or its input does not match the card.
         """
         ort = import_backend_library("onnxruntime")
-        self.model_path = Path(model_path)
-        self.card = card
+        self.model_path = model.path
+        self.card = model.card
         cuda_usable, cuda_reason = onnxruntime_cuda_status(ort)
         choice = choose_device(device, cuda_usable, cuda_reason, backend="onnxruntime")
         self.num_threads = num_threads if num_threads and num_threads > 0 else physical_core_count()
         providers: list[Any] = ["CPUExecutionProvider"]
         if choice.device == "cuda":
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": 0}))
-        try:
-            self._session = ort.InferenceSession(
-                str(self.model_path), sess_options=self._session_options(ort), providers=providers
-            )
-        except Exception as exc:  # onnxruntime raises its own untyped errors (Fail, InvalidGraph, ...)
-            raise ModelLoadError(
-                f"onnxruntime cannot load '{self.model_path}' ({exc}); is the file complete and an ONNX model "
-                "(opset <= what this onnxruntime supports)?"
-            ) from exc
+        self._session = model.onnx_session(providers, self.num_threads)
         self.providers: list[str] = list(self._session.get_providers())
         self.device: str = choice.device
         self.device_reason: str = choice.reason
@@ -81,18 +73,6 @@ class OnnxBackend:
             "onnxruntime %s on %s (%s), providers %s, %d intra-op threads.",
             ort.__version__, self.device, self.device_reason, self.providers, self.num_threads,
         )  # fmt: skip
-
-    def _session_options(self, ort: Any) -> Any:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.num_threads
-        # Tiles are run one batch at a time; parallelism lives inside each operator.
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # ENABLE_ALL adds layout transforms and conv fusions: ~1.6x faster than BASIC on CPU.
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Spinning worker threads would keep burning the cores QGIS's interface needs between runs.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return options
 
     def _check_input(self) -> None:
         shape = self._input.shape

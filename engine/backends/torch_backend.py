@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import ModelLoadError
-from ..model_card import ModelCard, load_checkpoint
-from .base import check_batch, check_output
+from ..model_file import ModelFile
+from .contract import check_batch, check_output
 from .devices import choose_device, import_backend_library, torch_cuda_status
 
 logger = logging.getLogger(__name__)
@@ -33,8 +31,7 @@ class TorchBackend:
 
     def __init__(
         self,
-        model_path: Path,
-        card: ModelCard,
+        model: ModelFile,
         device: str = "auto",
         num_threads: int | None = None,
         amp: bool = True,
@@ -42,8 +39,7 @@ class TorchBackend:
         """Build the model from the registry and load the checkpoint's weights.
 
         Args:
-            model_path: The checkpoint file.
-            card: Its model card (architecture, class count, bands).
+            model: The opened checkpoint, with its card (architecture, class count, bands).
             device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
             num_threads: torch intra-op threads on CPU; None leaves torch's setting alone (it is process-wide).
             amp: Use autocast (bf16/fp16) on CUDA.
@@ -53,8 +49,8 @@ class TorchBackend:
             ModelLoadError: If the checkpoint or its weights do not fit the card's architecture.
         """
         self._torch = torch = import_backend_library("torch")
-        self.model_path = Path(model_path)
-        self.card = card
+        self.model_path = model.path
+        self.card = model.card
         cuda_usable, cuda_reason = (False, "CPU requested") if device == "cpu" else torch_cuda_status(torch)
         choice = choose_device(device, cuda_usable, cuda_reason, backend="torch")
         self.device: str = choice.device
@@ -64,44 +60,15 @@ class TorchBackend:
         self.amp_dtype: str | None = None
         if amp and self.device == "cuda":
             self.amp_dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        self._model = self._build_model(load_checkpoint(self.model_path))
+        from ..models.from_checkpoint import model_from_checkpoint  # needs torch: imported after the check above
+
+        self._model = self._place(model_from_checkpoint(model.checkpoint, self.card, self.model_path.name))
         logger.info(
             "torch %s on %s (%s), autocast %s.", torch.__version__, self.device, self.device_reason, self.amp_dtype
         )
 
-    def _build_model(self, checkpoint: Mapping[str, Any]) -> Any:
-        from .. import models  # registry lookup at call time (tests register tiny architectures)
-
-        state_dict = checkpoint.get("state_dict")
-        if not isinstance(state_dict, Mapping):
-            raise ModelLoadError(
-                f"Checkpoint '{self.model_path}' has no 'state_dict'; save {{'state_dict': ..., 'model_card': ...}} "
-                "(training.checkpoints does)."
-            )
-        try:
-            model = models.create_model(
-                self.card.architecture, num_classes=self.card.num_classes, **self.card.architecture_args
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelLoadError(
-                f"Cannot build architecture '{self.card.architecture}' from the card of '{self.model_path.name}' "
-                f"({exc}); the card's architecture must be one of engine.models.list_models()."
-            ) from exc
-        in_channels = getattr(model, "in_channels", self.card.num_bands)
-        if in_channels != self.card.num_bands:
-            raise ModelLoadError(
-                f"Model '{self.model_path.name}' takes {in_channels} input channels but its card lists "
-                f"{self.card.num_bands} input bands ({', '.join(self.card.input_bands)}); fix the card."
-            )
-        weights = _strip_prefix(dict(state_dict), "module.")  # DataParallel / DDP checkpoints
-        try:
-            model.load_state_dict(weights, strict=True)
-        except RuntimeError as exc:
-            raise ModelLoadError(
-                f"The weights in '{self.model_path.name}' do not fit architecture '{self.card.architecture}' "
-                f"with {self.card.architecture_args}: {str(exc).splitlines()[0]}... Check the card's architecture_args."
-            ) from exc
-        model.eval()
+    def _place(self, model: Any) -> Any:
+        """Move the (eval-mode) model to the chosen device, in the memory layout that device runs fastest."""
         model.to(self.device)
         if self.device == "cuda":
             model.to(memory_format=self._torch.channels_last)  # tensor cores prefer NHWC convolutions
@@ -134,9 +101,3 @@ class TorchBackend:
 
     def __repr__(self) -> str:
         return f"TorchBackend('{self.model_path.name}', device={self.device!r}, autocast={self.amp_dtype})"
-
-
-def _strip_prefix(state_dict: dict[str, Any], prefix: str) -> dict[str, Any]:
-    if state_dict and all(key.startswith(prefix) for key in state_dict):
-        return {key[len(prefix) :]: value for key, value in state_dict.items()}
-    return state_dict

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InvalidInputError
-from .base import SegmentationModel, check_known_options
+from .base import SegmentationModel, check_known_options, strip_wrapper_prefixes
 from .convnext import CONVNEXT_CONFIGS, build_convnext, load_convnext_checkpoint, read_state_dict
 from .hbis import HBISLayer
 from .layers import LayerNorm2d
@@ -369,9 +369,7 @@ def bicorseg_hi_resnet(num_classes: int, **options: Any) -> BiCoRSeg:
 
 def _load_hi_resnet_trunk(encoder: HiResNetEncoder, path: str | Path) -> None:
     state = read_state_dict(path)
-    for prefix in ("module.", "model.", "trunk."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix) :]: v for k, v in state.items()}
+    state = strip_wrapper_prefixes(state, ("module.", "model.", "trunk."))
     own = encoder.trunk.state_dict()
     heads = ("coarse_head.", "refined_head.", "classifier.")
     usable = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}

@@ -96,7 +96,7 @@ def tiny_model_files(tmp_path_factory: pytest.TempPathFactory) -> TinyModelFiles
     import onnx
     import torch
 
-    from engine.model_card import onnx_metadata_props
+    from engine.model_card import embed_card
 
     folder = tmp_path_factory.mktemp("tiny_model")
     card = make_tiny_card()
@@ -124,9 +124,7 @@ def tiny_model_files(tmp_path_factory: pytest.TempPathFactory) -> TinyModelFiles
             dynamo=False,
         )  # fmt: skip
     proto = onnx.load(str(onnx_path))
-    for key, value in onnx_metadata_props(card).items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
+    embed_card(proto, card)
     onnx.save(proto, str(onnx_path))
     checkpoint_path = folder / "tiny.pt"
     torch.save({"state_dict": module.state_dict(), "model_card": card.to_json()}, checkpoint_path)

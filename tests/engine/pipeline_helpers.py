@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from engine.model_card import ModelCard, onnx_metadata_props
+from engine.model_card import ModelCard, embed_card
 
 #: Logit = GAIN x normalised band value: a pointwise ("1x1 conv") model whose class is the brightest band.
 GAIN = 4.0
@@ -46,9 +46,7 @@ def build_tiny_onnx(path: Path, card: ModelCard = TINY_CARD) -> Path:
         warnings.simplefilter("ignore", DeprecationWarning)
         _export(conv, path, card)
     proto = onnx.load(str(path))
-    for key, value in onnx_metadata_props(card).items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
+    embed_card(proto, card)
     onnx.save(proto, str(path))
     return path
 

@@ -79,7 +79,7 @@ def export_tiny_onnx(path: Path, card=None, with_card: bool = True) -> Path:
     import onnx
     import torch
 
-    from engine.model_card import onnx_metadata_props
+    from engine.model_card import embed_card
 
     conv = torch.nn.Conv2d(3, 3, kernel_size=1)
     with torch.no_grad():
@@ -99,11 +99,10 @@ def export_tiny_onnx(path: Path, card=None, with_card: bool = True) -> Path:
             dynamo=False,
         )
     proto = onnx.load(str(path))
-    del proto.metadata_props[:]
     if with_card:
-        for key, value in onnx_metadata_props(card or _card()).items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
+        embed_card(proto, card or _card())
+    else:
+        del proto.metadata_props[:]
     onnx.save(proto, str(path))
     return path
 
