@@ -52,7 +52,9 @@ class _CountingSessions:
 
 def _run(tmp_path: Path, model: Path) -> None:
     raster = write_raster(tmp_path / "in.tif", make_image(40, 56))
-    request = SegmentationRequest(raster, tmp_path / "out.tif", tmp_path / "heat.tif", model_path=model, tile_size_px=32)
+    request = SegmentationRequest(
+        raster, tmp_path / "out.tif", tmp_path / "heat.tif", model_path=model, tile_size_px=32
+    )
     segment_raster(request)
     assert (tmp_path / "out.tif").is_file()
 
