@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from engine.backends import load_backend
+from engine.inference.pipeline import make_predictor
+from engine.inference.tiling import TilingSpec
 from engine.metrics import SegmentationMetrics
 from engine.model_file import ModelFile
-from engine.pipeline import make_predictor
-from engine.tiling import TilingSpec
 from training.datasets import build_dataset
 from training.inference import confusion_over_images
 from training.transforms import Normalization
@@ -44,8 +43,8 @@ def training_downscale(card_gsd_m: float | None) -> float:
     return min(1.0, DATASET_NOMINAL_GSD_M / card_gsd_m)
 
 
-class OnnxTensorBackend:
-    """The engine's ONNX Runtime backend seen through the torch-tensor interface ``predict_image`` uses."""
+class TimedOnnxPredictor:
+    """The engine's ONNX Runtime backend and TTA predictor (the plugin's own code path), timed."""
 
     def __init__(self, path: Path, threads: int, tta: str = "none") -> None:
         model = ModelFile.open(path)
@@ -54,15 +53,15 @@ class OnnxTensorBackend:
         self.predict = make_predictor(self.backend, self.card.num_classes, tta)  # the plugin's own TTA code path
         self.seconds = 0.0
 
-    def predict_tensor(self, batch: torch.Tensor) -> torch.Tensor:
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
         started = time.perf_counter()
-        probs = self.predict(batch.numpy().astype(np.float32))
+        probs = self.predict(batch)
         self.seconds += time.perf_counter() - started
-        return torch.from_numpy(probs)
+        return probs
 
 
 def score(model: Path, split: str, threads: int, tta: str = "none") -> dict[str, Any]:
-    backend = OnnxTensorBackend(model, threads, tta)
+    backend = TimedOnnxPredictor(model, threads, tta)
     card = backend.card
     dataset = build_dataset(
         "dubai_aerial",
@@ -74,7 +73,7 @@ def score(model: Path, split: str, threads: int, tta: str = "none") -> dict[str,
     )
     spec = TilingSpec(tile_size_px=card.tile_size_px, overlap_px=card.overlap_px)
     samples = (dataset[i] for i in range(len(dataset)))
-    cm = confusion_over_images(backend, samples, card.num_classes, 255, spec)  # type: ignore[arg-type]
+    cm = confusion_over_images(backend, samples, card.num_classes, card.ignore_index, spec)
     metrics = SegmentationMetrics.from_confusion(cm, card.class_names)
     return {
         "model": model.name,

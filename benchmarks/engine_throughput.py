@@ -4,7 +4,7 @@ All measurements run side by side in one process on the same synthetic raster, m
 interleaved round-robin ``--repeats`` times (medians reported), so their ratios are fair even on a busy machine:
 
 * ``model_alone``: ``backend.predict`` on the pipeline's own tiles, pre-read into memory (pure model time);
-* ``pipeline``: :func:`engine.pipeline.segment_raster` with the same loaded backend (read, normalise, batch,
+* ``pipeline``: :func:`engine.inference.pipeline.segment_raster` with the same loaded backend (read, normalise, batch,
   blend, argmax, write the class raster, optionally heatmaps);
 * ``naive``: a Deepness-style loop: read each tile, run it, argmax per tile, paste the centre crop into a
   full-size uint8 array, write it at the end (no blending, no heatmaps, memory grows with the raster).
@@ -35,11 +35,11 @@ from benchmarks.synthetic import (
     write_synthetic_raster,
 )
 from engine.backends import load_backend
+from engine.inference.pipeline import SegmentationRequest, segment_raster
+from engine.inference.tiling import TilingSpec, core_window, iter_tile_windows
 from engine.model_card import NODATA_CLASS, ModelCard
 from engine.model_file import ModelFile
-from engine.pipeline import SegmentationRequest, segment_raster
-from engine.raster_io import RasterSource
-from engine.tiling import TilingSpec, core_window, iter_tile_windows
+from engine.raster.reader import RasterSource
 
 
 class TimedBackend:

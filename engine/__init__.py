@@ -17,9 +17,9 @@ __version__ = "0.1.0"
 
 #: public name -> submodule that defines it
 _PUBLIC: dict[str, str] = {
-    "SegmentationRequest": "request",
-    "SegmentationResult": "request",
-    "segment_raster": "pipeline",
+    "SegmentationRequest": "inference.request",
+    "SegmentationResult": "inference.request",
+    "segment_raster": "inference.pipeline",
     "CHECKPOINT_SUFFIXES": "model_card",
     "ModelCard": "model_card",
     "ModelFile": "model_file",

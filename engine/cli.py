@@ -17,7 +17,8 @@ from typing import Any, NoReturn, TextIO
 
 from . import __version__
 from .errors import BiCoRSegError, CanceledError
-from .stitching import stitching_names
+from .inference.stitching import stitching_names
+from .inference.tta import TTA_MODES
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "build_parser", "main"]
 
@@ -98,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--batch-size", type=_positive_int, metavar="N", help="tiles per model call")
     segment.add_argument("--extent", type=_extent, metavar="XMIN,YMIN,XMAX,YMAX", help="process only this area")
     segment.add_argument("--stitching", choices=stitching_names(), default="gaussian", help="tile blending")
-    segment.add_argument("--tta", choices=("none", "flip"), default="none", help="flip test-time augmentation (3x)")
+    segment.add_argument(
+        "--tta", choices=TTA_MODES, default="none", help="test-time augmentation: flip (3x work) or d4 (8x)"
+    )
     segment.add_argument("--no-resample", action="store_true", help="keep the input resolution (ignore card GSD)")
     segment.add_argument("--cog", action="store_true", help="write Cloud Optimized GeoTIFFs")
     segment.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads for the backend")
@@ -157,7 +160,7 @@ class _NotPipelineFilter(logging.Filter):
     """Hide the pipeline's own log records: it says the same through the progress reporter."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.name.endswith("engine.pipeline")
+        return not record.name.endswith("engine.inference.pipeline")
 
 
 def _configure_logging(verbose: bool, err: TextIO) -> logging.Handler:
@@ -171,7 +174,7 @@ def _configure_logging(verbose: bool, err: TextIO) -> logging.Handler:
 
 
 def _segment(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from .pipeline import SegmentationRequest, segment_raster
+    from .inference.pipeline import SegmentationRequest, segment_raster
     from .progress import TqdmProgress
 
     handler = _configure_logging(args.verbose, err)

@@ -30,14 +30,14 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from engine.errors import InvalidInputError
+from engine.inference.tiling import TilingSpec
 from engine.metrics import SegmentationMetrics
-from engine.tiling import TilingSpec
 from training.checkpoints import load_model, load_training_checkpoint
 from training.command import run_json_command
 from training.config import TrainConfig, load_config, resolve_config
 from training.datasets import DatasetInfo, SegmentationDataset, build_dataset
 from training.distributed import select_device
-from training.inference import TTA_MODES, ImageScores, ModelBackend, confusion_over_images, score_images
+from training.inference import TTA_MODES, ImageScores, confusion_over_images, module_predictor, score_images, shapes_of
 from training.plots import plot_confusion_matrix
 from training.transforms import Normalization
 
@@ -61,10 +61,10 @@ def validate(
     """
     was_training = model.training
     model.eval()
-    backend = ModelBackend(model, device, tta=tta, amp=amp, channels_last=config.run.channels_last)
+    predict = module_predictor(model, shapes_of(info), device, tta=tta, amp=amp, channels_last=config.run.channels_last)
     spec = TilingSpec(config.model.tile_size_px, config.model.overlap_px)
     try:
-        return score_images(backend, samples, info.num_classes, info.ignore_index, spec,
+        return score_images(predict, samples, info.num_classes, info.ignore_index, spec,
                             config.run.stitching, config.run.val_batch_size)  # fmt: skip
     finally:
         model.train(was_training)
@@ -181,10 +181,10 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             Image.fromarray(labels.astype(np.uint8)).save(prediction_dir / f"{names[index]}.png")
         bar.update(1)
 
-    backend = ModelBackend(model, device, tta=args.tta, amp=device.type == "cuda")
+    predict = module_predictor(model, shapes_of(info), device, tta=args.tta, amp=device.type == "cuda")
     spec = TilingSpec(config.model.tile_size_px, config.model.overlap_px)
     samples = (dataset[i] for i in range(count))
-    confusion = confusion_over_images(backend, samples, info.num_classes, info.ignore_index, spec,
+    confusion = confusion_over_images(predict, samples, info.num_classes, info.ignore_index, spec,
                                       config.run.stitching, config.run.val_batch_size, on_image)  # fmt: skip
     bar.close()
     scores = score_confusion(confusion, info)

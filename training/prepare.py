@@ -42,6 +42,7 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from engine.errors import InvalidInputError
+from engine.inference.tiling import window_offsets
 from training.datasets.base import (
     IGNORE_INDEX,
     DatasetInfo,
@@ -113,8 +114,7 @@ def axis_starts(size: int, patch: int, stride: int, shift_inside: bool) -> list[
     ``ceil((size - patch) / stride) + 1`` windows (at least one) so the last partial window is kept; with
     ``shift_inside`` the last window is moved back to end at the edge (when the axis is at least one patch long).
     """
-    count = max(1, -(-(size - patch) // stride) + 1)
-    starts = [i * stride for i in range(count)]
+    starts = window_offsets(size, patch, stride)
     if shift_inside and size >= patch:
         starts = sorted({min(s, size - patch) for s in starts})
     return starts

@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 
 from engine.errors import InvalidInputError
-from engine.model_card import ModelCard
+from engine.model_card import NODATA_CLASS, ModelCard
 
-#: Mask value of pixels that carry no class (boundary, no-data, padding); the canonical layout's value.
-IGNORE_INDEX = 255
+#: Mask value of pixels that carry no class (boundary, no-data, padding): the same value the engine writes where
+#: there is no class, so a class raster read back as labels needs no remapping.
+IGNORE_INDEX = NODATA_CLASS
 
 
 class Sample(TypedDict):

@@ -9,10 +9,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import InvalidInputError, ModelLoadError
-from ..model_card import ModelCard
 
 BackendName = Literal["onnxruntime", "torch"]
 DeviceName = Literal["cpu", "cuda"]
+#: What a user may ask for: a backend / device, or ``auto`` to let the engine choose (and say why).
+BackendOption = Literal["auto", "onnxruntime", "torch"]
+DeviceOption = Literal["auto", "cpu", "cuda"]
 
 #: Backend names accepted by :func:`engine.backends.load_backend` (besides ``"auto"``).
 BACKENDS: tuple[str, ...] = ("onnxruntime", "torch")
@@ -39,7 +41,34 @@ class InferenceBackend(Protocol):
         ...
 
 
-def check_batch(batch: NDArray[np.float32], card: ModelCard) -> NDArray[np.float32]:
+class TensorShapes(Protocol):
+    """What a backend checks its model's tensors against: a :class:`~engine.model_card.ModelCard` is one.
+
+    With ``output_activation`` ``"logits"`` the backend applies the softmax; with ``"probabilities"`` it does not.
+    """
+
+    @property
+    def num_bands(self) -> int:
+        """Input channels C."""
+        ...
+
+    @property
+    def num_classes(self) -> int:
+        """Output classes K."""
+        ...
+
+    @property
+    def input_bands(self) -> tuple[str, ...]:
+        """Band names, for messages."""
+        ...
+
+    @property
+    def output_activation(self) -> str:
+        """``logits`` or ``probabilities``."""
+        ...
+
+
+def check_batch(batch: NDArray[np.float32], card: TensorShapes) -> NDArray[np.float32]:
     """Validate a (B, C, H, W) batch against the card and return it as contiguous float32."""
     if batch.ndim != 4 or batch.shape[1] != card.num_bands:
         raise InvalidInputError(
@@ -49,7 +78,7 @@ def check_batch(batch: NDArray[np.float32], card: ModelCard) -> NDArray[np.float
     return np.ascontiguousarray(batch, dtype=np.float32)
 
 
-def check_output(output: NDArray[np.floating[Any]], batch_shape: tuple[int, ...], card: ModelCard, path: Path) -> None:
+def check_output(output: Any, batch_shape: tuple[int, ...], card: TensorShapes, path: Path) -> None:
     """Check a model output is (B, K, H, W) for the card's K classes."""
     b, _, h, w = batch_shape
     if output.shape != (b, card.num_classes, h, w):

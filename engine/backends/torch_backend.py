@@ -1,8 +1,12 @@
-"""PyTorch backend: checkpoints with a model card, CPU or CUDA (AMP autocast + channels_last on CUDA)."""
+"""PyTorch backend: checkpoints with a model card, or a model already in memory (training's validation).
+
+CPU or CUDA; on CUDA, autocast (bf16 where supported, else fp16) and channels-last memory order.
+"""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,14 +14,16 @@ from numpy.typing import NDArray
 
 from ..errors import ModelLoadError
 from ..model_file import ModelFile
-from .contract import check_batch, check_output
+from .contract import TensorShapes, check_batch, check_output
 from .devices import choose_device, import_backend_library, torch_cuda_status
+
+__all__ = ["TorchBackend"]
 
 logger = logging.getLogger(__name__)
 
 
 class TorchBackend:
-    """Runs a model from ``engine.models`` loaded from a checkpoint ``{"state_dict", "model_card"}``.
+    """Runs a model from ``engine.models``: built from a checkpoint, or given in memory (:meth:`from_module`).
 
     Attributes:
         name: ``"torch"``.
@@ -48,39 +54,82 @@ class TorchBackend:
             BackendUnavailableError: If torch is missing, or CUDA is requested but not usable.
             ModelLoadError: If the checkpoint or its weights do not fit the card's architecture.
         """
-        self._torch = torch = import_backend_library("torch")
-        self.model_path = model.path
-        self.card = model.card
+        torch = import_backend_library("torch")
         cuda_usable, cuda_reason = (False, "CPU requested") if device == "cpu" else torch_cuda_status(torch)
         choice = choose_device(device, cuda_usable, cuda_reason, backend="torch")
-        self.device: str = choice.device
-        self.device_reason: str = choice.reason
-        if num_threads and num_threads > 0 and self.device == "cpu":
+        if num_threads and num_threads > 0 and choice.device == "cpu":
             torch.set_num_threads(num_threads)
-        self.amp_dtype: str | None = None
-        if amp and self.device == "cuda":
-            self.amp_dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
         from ..models.from_checkpoint import model_from_checkpoint  # needs torch: imported after the check above
 
-        self._model = self._place(model_from_checkpoint(model.checkpoint, self.card, self.model_path.name))
+        module: Any = model_from_checkpoint(model.checkpoint, model.card, model.path.name)
+        amp_dtype = None
+        if amp and choice.device == "cuda":
+            amp_dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        self._setup(
+            torch, module, model.card, model.path, choice.device, choice.reason, amp_dtype, choice.device == "cuda"
+        )
+        module.to(self.device)
+        if self._channels_last:
+            module.to(memory_format=torch.channels_last)  # tensor cores prefer NHWC convolutions
         logger.info(
             "torch %s on %s (%s), autocast %s.", torch.__version__, self.device, self.device_reason, self.amp_dtype
         )
 
-    def _place(self, model: Any) -> Any:
-        """Move the (eval-mode) model to the chosen device, in the memory layout that device runs fastest."""
-        model.to(self.device)
-        if self.device == "cuda":
-            model.to(memory_format=self._torch.channels_last)  # tensor cores prefer NHWC convolutions
-        return model
+    @classmethod
+    def from_module(
+        cls,
+        module: Any,
+        shapes: TensorShapes,
+        device: Any,
+        amp: bool = False,
+        channels_last: bool = False,
+    ) -> TorchBackend:
+        """Wrap a model that is already built and placed (validation during training), without copying it.
+
+        Args:
+            module: The ``nn.Module``, in eval mode, on ``device``.
+            shapes: Its band and class counts (a model card, or training's dataset description).
+            device: The ``torch.device`` the module lives on.
+            amp: float16 autocast on CUDA.
+            channels_last: The module is kept in channels-last order; feed tiles in that order too.
+        """
+        torch = import_backend_library("torch")
+        backend = cls.__new__(cls)
+        kind = torch.device(device).type
+        amp_dtype = "float16" if amp and kind == "cuda" else None
+        backend._setup(torch, module, shapes, Path("in-memory model"), kind, "the training process's device",
+                       amp_dtype, channels_last)  # fmt: skip
+        backend._torch_device = torch.device(device)
+        return backend
+
+    def _setup(
+        self,
+        torch: Any,
+        module: Any,
+        shapes: TensorShapes,
+        path: Path,
+        device: str,
+        reason: str,
+        amp_dtype: str | None,
+        channels_last: bool,
+    ) -> None:
+        self._torch = torch
+        self._model = module
+        self.card = shapes
+        self.model_path = path
+        self.device: str = device
+        self.device_reason: str = reason
+        self.amp_dtype: str | None = amp_dtype
+        self._channels_last = channels_last
+        self._torch_device: Any = device
 
     def predict(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
         """(B, C, H, W) normalised tiles -> (B, K, H, W) class probabilities."""
         torch = self._torch
         x_np = check_batch(batch, self.card)
         with torch.inference_mode():
-            x = torch.from_numpy(x_np).to(self.device, non_blocking=True)
-            if self.device == "cuda":
+            x = torch.from_numpy(x_np).to(self._torch_device, non_blocking=True)
+            if self._channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             if self.amp_dtype is not None:
                 with torch.autocast("cuda", dtype=getattr(torch, self.amp_dtype)):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import rasterio
 
-import engine.pipeline
+import engine.inference.pipeline
 from engine.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, main
 from tests.engine.pipeline_helpers import TINY_CARD, build_tiny_onnx, expected_probs, make_image, write_raster
 
@@ -166,7 +166,7 @@ def test_ctrl_c_exits_130_and_leaves_no_output(
         def predict(self, batch: np.ndarray) -> np.ndarray:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine.pipeline, "load_backend", lambda *args, **kwargs: InterruptedBackend())
+    monkeypatch.setattr(engine.inference.pipeline, "load_backend", lambda *args, **kwargs: InterruptedBackend())
     out, heat = tmp_path / "c.tif", tmp_path / "h.tif"
     code, _, stderr = run_main(["segment", str(raster[0]), "-o", str(out), "--heatmaps", str(heat),
                                 "--model", str(tiny_model), "-q"])  # fmt: skip
@@ -215,7 +215,7 @@ def test_help_lists_the_documented_options() -> None:
 SLOW_RUN = """
 import sys, time
 import numpy as np
-import engine.pipeline
+import engine.inference.pipeline
 
 class SlowBackend:
     name, device, device_reason = "fake", "cpu", "test"
@@ -226,7 +226,7 @@ class SlowBackend:
         time.sleep(0.5)
         return np.full((batch.shape[0], 3, *batch.shape[2:]), 1 / 3, np.float32)
 
-engine.pipeline.load_backend = lambda *args, **kwargs: SlowBackend()
+engine.inference.pipeline.load_backend = lambda *args, **kwargs: SlowBackend()
 from engine.cli import main
 sys.exit(main(sys.argv[1:]))
 """

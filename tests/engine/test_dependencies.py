@@ -12,12 +12,12 @@ CORE_MODULES = (
     "engine",
     "engine.errors",
     "engine.model_card",
-    "engine.tiling",
-    "engine.stitching",
-    "engine.raster_io",
+    "engine.inference.tiling",
+    "engine.inference.stitching",
+    "engine.raster.reader",
     "engine.progress",
     "engine.metrics",
-    "engine.pipeline",
+    "engine.inference.pipeline",
     "engine.backends",
 )
 

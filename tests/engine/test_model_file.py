@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from engine.errors import ModelLoadError
+from engine.inference.pipeline import SegmentationRequest, segment_raster
 from engine.model_file import ModelFile
-from engine.pipeline import SegmentationRequest, segment_raster
 from tests.engine.pipeline_helpers import build_tiny_onnx, make_image, write_raster
 
 #: Paths opened since the audit hook was installed (the hook cannot be removed, so it only records).

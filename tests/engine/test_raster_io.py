@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from rasterio.windows import Window
 
 from engine.errors import InvalidInputError, InvalidRasterError
-from engine.raster_io import RasterSource
+from engine.raster.reader import RasterSource
 from tests.engine.tiny_assets import ORIGIN, MakeGeoTiff, make_tiny_card
 
 MEAN = np.array([0.485, 0.456, 0.406])[:, None, None]

@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from engine.errors import OutputPathError
-from engine.heatmap_quantization import HEATMAP_SCALE, quantize_probabilities
-from engine.raster_io import RasterSource, SegmentationWriter
+from engine.raster.heatmaps import HEATMAP_SCALE, quantize_probabilities
+from engine.raster.reader import RasterSource
+from engine.raster.writer import SegmentationWriter
 from tests.engine.tiny_assets import TINY_CLASSES, TINY_COLOURS, MakeGeoTiff, make_tiny_card
 
 K = len(TINY_CLASSES)

@@ -9,14 +9,14 @@ from hypothesis import strategies as st
 from numpy.typing import NDArray
 
 from engine.errors import InvalidInputError
-from engine.stitching import (
+from engine.inference.stitching import (
     STITCHING_STRATEGIES,
     StripAccumulator,
     cosine_profile,
     stitching_names,
     tile_weights,
 )
-from engine.tiling import TilingSpec, iter_tile_rows, iter_tile_windows
+from engine.inference.tiling import TilingSpec, iter_tile_rows, iter_tile_windows
 
 
 def stitch_in_memory(

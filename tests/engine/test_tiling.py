@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.errors import InvalidInputError
-from engine.tiling import (
+from engine.inference.tiling import (
     TilingSpec,
     axis_offsets,
     core_window,

@@ -55,7 +55,7 @@ def test_zip_has_one_top_folder_with_plugin_engine_resources_metadata_and_licenc
     for required in (
         "bicorseg_qgis/__init__.py", "bicorseg_qgis/metadata.txt", "bicorseg_qgis/LICENSE",
         "bicorseg_qgis/provider.py", "bicorseg_qgis/algorithms/segment_land_cover.py",
-        "bicorseg_qgis/engine/__init__.py", "bicorseg_qgis/engine/pipeline.py", "bicorseg_qgis/engine/errors.py",
+        "bicorseg_qgis/engine/__init__.py", "bicorseg_qgis/engine/inference/pipeline.py", "bicorseg_qgis/engine/errors.py",
         "bicorseg_qgis/resources/icons/bicorseg.svg",
     ):  # fmt: skip
         assert required in names, required
@@ -75,8 +75,8 @@ def test_zip_leaves_out_tests_training_and_caches_and_stays_small(plugin_zip):
 
 def test_engine_in_the_zip_is_a_real_copy_not_a_link(plugin_zip):
     archive = zipfile.ZipFile(plugin_zip)
-    pipeline = archive.read("bicorseg_qgis/engine/pipeline.py")
-    assert pipeline == (REPO / "engine" / "pipeline.py").read_bytes()
+    pipeline = archive.read("bicorseg_qgis/engine/inference/pipeline.py")
+    assert pipeline == (REPO / "engine" / "inference" / "pipeline.py").read_bytes()
 
 
 def test_metadata_has_every_field_the_plugin_repository_requires(extracted):

@@ -13,12 +13,12 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from engine.tiling import TilingSpec
+from engine.inference.tiling import TilingSpec
 from tests.training.trainer_helpers import prepared_fake, tiny_config
 from training.datasets import DATASET_INFOS
 from training.evaluate import main as evaluate_main
 from training.evaluate import metrics_summary, score_confusion
-from training.inference import ModelBackend, predict_image
+from training.inference import ModuleShapes, module_predictor, predict_image
 from training.train import main as train_main
 
 
@@ -32,8 +32,8 @@ class _Pointwise(nn.Module):
 @pytest.mark.parametrize(("tta", "stitching"), [("none", "gaussian"), ("flip", "cosine"), ("d4", "center_crop")])
 def test_sliding_window_of_a_pointwise_model_equals_its_per_pixel_softmax(tta: str, stitching: str) -> None:
     image = torch.randn(3, 45, 70, generator=torch.Generator().manual_seed(0))
-    backend = ModelBackend(_Pointwise(), torch.device("cpu"), tta=tta)
-    probs = predict_image(backend, image, 3, TilingSpec(32, 8), stitching, batch_size=3)
+    predict = module_predictor(_Pointwise(), ModuleShapes(3, 3), torch.device("cpu"), tta=tta)
+    probs = predict_image(predict, image, 3, TilingSpec(32, 8), stitching, batch_size=3)
     expected = torch.softmax(2.0 * image, dim=0).numpy()
     assert probs.shape == (3, 45, 70)
     np.testing.assert_allclose(probs, expected, atol=1e-5)
@@ -41,7 +41,7 @@ def test_sliding_window_of_a_pointwise_model_equals_its_per_pixel_softmax(tta: s
 
 def test_unknown_tta_mode_is_refused_with_the_choices() -> None:
     with pytest.raises(ValueError, match="none, flip, d4"):
-        ModelBackend(_Pointwise(), torch.device("cpu"), tta="ms")
+        module_predictor(_Pointwise(), ModuleShapes(3, 3), torch.device("cpu"), tta="ms")
 
 
 def test_isprs_protocol_leaves_clutter_out_of_the_means_but_not_out_of_oa() -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from engine.errors import InvalidInputError
+from engine.model_card import NODATA_CLASS
 
 #: The two loss recipes; model variant names map to them by prefix (see :func:`resolve_model_family`).
 ModelFamily = Literal["hi_resnet", "bicorseg"]
@@ -71,7 +72,7 @@ class LossConfig:
     """
 
     num_classes: int
-    ignore_index: int = 255
+    ignore_index: int = NODATA_CLASS
     label_smoothing: float | None = None
     geoseg_compat: bool = True
     head_weights: tuple[float, float, float] = (0.3923, 0.3923, 0.2153)

@@ -3,7 +3,7 @@
 A :class:`RasterSource` opens the input raster once and serves tiles on its *processing grid*: the input grid
 itself, or, when the raster's ground sampling distance differs from the card's ``gsd_m`` by more than
 :data:`GSD_TOLERANCE`, a grid with the same bounds at the model's resolution (read through a ``WarpedVRT``).
-:class:`~engine.raster_writer.SegmentationWriter` (re-exported here) writes results back on the input grid.
+:class:`~engine.raster.writer.SegmentationWriter` writes the results back on the input grid.
 """
 
 from __future__ import annotations
@@ -24,13 +24,12 @@ from rasterio.io import DatasetReader
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
+from ..errors import InvalidRasterError
+from ..model_card import ModelCard
 from .bands import BandLayout, Normalizer, match_bands
-from .errors import InvalidRasterError
-from .model_card import ModelCard
-from .raster_regions import RegionFilter
-from .raster_writer import SegmentationWriter
+from .regions import RegionFilter
 
-__all__ = ["GSD_TOLERANCE", "RasterSource", "SegmentationWriter"]
+__all__ = ["GSD_TOLERANCE", "RasterSource"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +108,7 @@ class RasterSource:
             path: Any GDAL-readable raster (GeoTIFF, COG, VRT, ...).
             card: The model card (input bands, value range, normalisation, ``gsd_m``).
             bands: Explicit 1-based band indexes in the card's band order; default: matched by colour
-                interpretation / band description (see :func:`engine.bands.match_bands`).
+                interpretation / band description (see :func:`engine.raster.bands.match_bands`).
             resample_to_model_gsd: Read on a grid at the card's ``gsd_m`` when the raster's differs.
             extent: ``(xmin, ymin, xmax, ymax)`` in the raster's CRS; pixels outside are invalid.
             mask_geometries: GeoJSON polygon geometries in the raster's CRS; pixels outside all of them are invalid.

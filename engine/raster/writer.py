@@ -15,25 +15,53 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import Protocol, Self
 
 import numpy as np
 import rasterio
 import rasterio.shutil
+from affine import Affine
 from numpy.typing import NDArray
+from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from .errors import OutputPathError
-from .heatmap_quantization import HEATMAP_NODATA, quantize_probabilities, requantize_heatmaps
-from .model_card import NODATA_CLASS, ModelCard
-from .raster_grid import BLOCK_SIZE_PX, GridFiles, OutputGrid
+from ..errors import OutputPathError
+from ..model_card import NODATA_CLASS, ModelCard
+from .geotiff import BLOCK_SIZE_PX, GridFiles, OutputGrid
+from .heatmaps import HEATMAP_NODATA, quantize_probabilities, requantize_heatmaps
+from .output_paths import check_output_paths
 
-if TYPE_CHECKING:
-    from .raster_io import RasterSource
+__all__ = ["SegmentationWriter", "WriterSource"]
 
-__all__ = ["SegmentationWriter"]
+
+class WriterSource(Protocol):
+    """What the writer needs of the open input (a :class:`~engine.raster.reader.RasterSource` provides it).
+
+    The writer receives rows on the processing grid and writes the outputs on the input grid; where the two
+    differ it resamples back and cuts the result to the input's own validity with :meth:`read_input_valid`.
+    """
+
+    path: Path
+    input_height: int
+    input_width: int
+    height: int
+    width: int
+    transform: Affine
+    processing_transform: Affine
+    crs: CRS | None
+    resampled: bool
+
+    @property
+    def closed(self) -> bool:
+        """Whether the input is closed (then the resampled classes are not cut to its validity)."""
+        ...
+
+    def read_input_valid(self, window: Window) -> NDArray[np.bool_]:
+        """Validity of a window of the input grid (nodata, masks, EXTENT, MASK), boundless."""
+        ...
+
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +81,7 @@ class SegmentationWriter:
 
     def __init__(
         self,
-        source: RasterSource,
+        source: WriterSource,
         output_path: Path,
         heatmaps_path: Path | None,
         card: ModelCard,
@@ -84,7 +112,7 @@ class SegmentationWriter:
         self._finished = False
         self._next_row = 0
         self._nonfinite_pixels = 0
-        _check_output_paths(self.output_path, self.heatmaps_path, source.path)
+        check_output_paths([self.output_path] + ([self.heatmaps_path] if self.heatmaps_path else []), source.path)
         token = uuid.uuid4().hex[:12]
         self._temps: list[Path] = []
         input_grid = OutputGrid(source.input_height, source.input_width, source.transform, source.crs)
@@ -303,24 +331,3 @@ def _move_into_place(moves: list[tuple[Path, Path]]) -> None:
                 f"Cannot write '{dest}' ({exc}); close it in any program that has it open, or choose another path."
             ) from exc
         done.append(dest)
-
-
-def _check_output_paths(output_path: Path, heatmaps_path: Path | None, input_path: Path) -> None:
-    """Fail early, naming the path and the fix, when an output cannot be written."""
-    paths = [output_path] if heatmaps_path is None else [output_path, heatmaps_path]
-    if heatmaps_path is not None and output_path.resolve() == heatmaps_path.resolve():
-        raise OutputPathError(f"OUTPUT and HEATMAPS are the same file '{output_path}'; give them different paths.")
-    for path in paths:
-        if path.resolve() == input_path.resolve():
-            raise OutputPathError(f"Output '{path}' is the input raster; choose another output path.")
-        if path.is_dir():
-            raise OutputPathError(f"Output '{path}' is a folder; give a file path such as '{path / 'classes.tif'}'.")
-        folder = path.parent
-        if not folder.is_dir():
-            raise OutputPathError(f"Output folder '{folder}' does not exist; create it or choose another output path.")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise OutputPathError(f"Output folder '{folder}' is not writable; choose a folder you can write to.")
-        if path.exists() and not os.access(path, os.W_OK):
-            raise OutputPathError(f"Output '{path}' exists and is read-only; delete it or choose another path.")
-        if path.suffix.lower() not in (".tif", ".tiff"):
-            logger.warning("Output '%s' is written as GeoTIFF whatever its extension; consider '.tif'.", path)

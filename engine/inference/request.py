@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidInputError, OutputPathError
-from .model_card import ModelCard
+from ..backends.contract import BackendOption, DeviceOption
+from ..errors import InvalidInputError
+from ..model_card import ModelCard
+from ..raster.output_paths import check_output_paths as check_raster_outputs
 from .stitching import STITCHING_STRATEGIES, stitching_names
 from .tiling import TilingSpec
+from .tta import TTA_MODES, TtaMode
 
 __all__ = [
     "TTA_MODES",
@@ -20,9 +22,6 @@ __all__ = [
     "check_output_paths",
     "resolve_tiling",
 ]
-
-#: Test-time augmentation modes: none, or the mean of identity + horizontal flip + vertical flip.
-TTA_MODES = ("none", "flip")
 
 
 @dataclass(frozen=True)
@@ -43,8 +42,8 @@ class SegmentationRequest:
         extent: Process only inside ``(xmin, ymin, xmax, ymax)`` in the raster's CRS.
         mask_geometries: Process only inside these GeoJSON geometries (raster CRS).
         resample_to_model_gsd: Resample to the card's ground sampling distance before inference.
-        stitching: A name from :data:`engine.stitching.STITCHING_STRATEGIES`.
-        tta: ``"none"`` or ``"flip"`` (3x the model work).
+        stitching: A name from :data:`engine.inference.stitching.STITCHING_STRATEGIES`.
+        tta: A name from :data:`engine.inference.tta.TTA_MODES` (``"flip"`` is 3x the model work, ``"d4"`` 8x).
         cog: Write Cloud Optimized GeoTIFFs.
         num_threads: CPU threads for the backend; None = the backend's default.
     """
@@ -53,8 +52,8 @@ class SegmentationRequest:
     output_path: Path
     heatmaps_path: Path | None = None
     model_path: Path | None = None
-    device: str = "auto"
-    backend: str = "auto"
+    device: DeviceOption = "auto"
+    backend: BackendOption = "auto"
     bands: tuple[int, ...] | None = None
     tile_size_px: int | None = None
     overlap_px: int | None = None
@@ -63,7 +62,7 @@ class SegmentationRequest:
     mask_geometries: tuple[Mapping[str, Any], ...] | None = None
     resample_to_model_gsd: bool = True
     stitching: str = "gaussian"
-    tta: str = "none"
+    tta: TtaMode = "none"
     cog: bool = False
     num_threads: int | None = None
 
@@ -74,7 +73,9 @@ class SegmentationRequest:
                 f"Unknown stitching '{self.stitching}'; choose one of: {', '.join(stitching_names())}."
             )
         if self.tta not in TTA_MODES:
-            raise InvalidInputError(f"Unknown test-time augmentation '{self.tta}'; choose one of: none, flip.")
+            raise InvalidInputError(
+                f"Unknown test-time augmentation '{self.tta}'; choose one of: {', '.join(TTA_MODES)}."
+            )
         if self.batch_size is not None and self.batch_size < 1:
             raise InvalidInputError(f"Batch size must be at least 1, got {self.batch_size}.")
         if self.num_threads is not None and self.num_threads < 1:
@@ -135,22 +136,10 @@ def resolve_tiling(request: SegmentationRequest, card: ModelCard) -> TilingSpec:
 
 
 def check_output_paths(request: SegmentationRequest) -> None:
-    """Fail before any work if an output cannot be written or would clobber the input.
+    """Fail before any work if an output of ``request`` cannot be written or would clobber the input.
 
     Raises:
-        OutputPathError: Naming the path and what to do instead.
+        OutputPathError: Naming the path and what to do instead (see :func:`engine.raster.output_paths`).
     """
-    outputs = [request.output_path] + ([request.heatmaps_path] if request.heatmaps_path is not None else [])
-    if request.heatmaps_path is not None and Path(request.heatmaps_path) == Path(request.output_path):
-        raise OutputPathError(f"Classes and heatmaps both go to '{request.output_path}'; give two different paths.")
-    for output in outputs:
-        path = Path(output)
-        if path.resolve() == Path(request.input_path).resolve():
-            raise OutputPathError(f"Output '{path}' is the input raster; choose another output path.")
-        if path.is_dir():
-            raise OutputPathError(f"Output '{path}' is a folder; give a file name such as '{path / 'classes.tif'}'.")
-        folder = path.resolve().parent
-        if not folder.is_dir():
-            raise OutputPathError(f"Cannot write '{path}': folder '{folder}' does not exist; create it first.")
-        if not os.access(folder, os.W_OK):
-            raise OutputPathError(f"Cannot write '{path}': folder '{folder}' is not writable; choose another folder.")
+    outputs = [Path(request.output_path)] + ([Path(request.heatmaps_path)] if request.heatmaps_path else [])
+    check_raster_outputs(outputs, Path(request.input_path))

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import InvalidRasterError
-from .model_card import ModelCard
+from ..errors import InvalidRasterError
+from ..model_card import ModelCard
 
 #: Colour interpretations that carry no band identity (they never match a card band name).
 _ANONYMOUS_INTERPS = frozenset({"undefined", "gray", "grey", "palette"})

@@ -6,7 +6,7 @@ overlap ``O``). Along an axis of ``n`` pixels there are ``1`` tile when ``n <= T
 bottom edge (and every tile of a raster smaller than one tile) are read *boundless*: the reader pads the part
 outside the raster and marks it invalid. Keeping the grid regular (instead of shifting the last tile back
 inside the raster) means every pair of neighbours overlaps by exactly ``O`` pixels, which the blending
-windows in :mod:`engine.stitching` rely on.
+windows in :mod:`engine.inference.stitching` rely on.
 
 The *core* of a tile is the part a centre-crop stitcher keeps: half the overlap is cut from each inner side
 (none from a side on the raster border). Cores partition the raster: every pixel lies in exactly one core.
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from rasterio.windows import Window
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 
 __all__ = [
     "TilingSpec",
@@ -30,6 +30,7 @@ __all__ = [
     "iter_tile_windows",
     "tile_count",
     "tile_grid_shape",
+    "window_offsets",
 ]
 
 
@@ -83,10 +84,19 @@ def axis_offsets(length_px: int, spec: TilingSpec) -> list[int]:
     """
     if length_px < 1:
         raise InvalidInputError(f"Cannot tile an axis of {length_px} pixels; the raster must not be empty.")
-    if length_px <= spec.tile_size_px:
+    return window_offsets(length_px, spec.tile_size_px, spec.stride_px)
+
+
+def window_offsets(length_px: int, window_px: int, stride_px: int) -> list[int]:
+    """Origins of ``window_px`` windows every ``stride_px`` pixels that reach the far edge of ``length_px``.
+
+    ``ceil((length - window) / stride) + 1`` windows (at least one): the last one may extend past the edge. The
+    engine's tile grid and training's patch extraction share this formula.
+    """
+    if length_px <= window_px:
         return [0]
-    count = math.ceil((length_px - spec.tile_size_px) / spec.stride_px) + 1
-    return [i * spec.stride_px for i in range(count)]
+    count = math.ceil((length_px - window_px) / stride_px) + 1
+    return [i * stride_px for i in range(count)]
 
 
 def tile_grid_shape(height: int, width: int, spec: TilingSpec) -> tuple[int, int]:

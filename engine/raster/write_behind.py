@@ -23,7 +23,7 @@ _Buffers = tuple[NDArray[np.float32], NDArray[np.bool_]]
 
 
 class RowWriter(Protocol):
-    """Anything with :meth:`~engine.raster_io.SegmentationWriter.write_rows`."""
+    """Anything with :meth:`~engine.raster.writer.SegmentationWriter.write_rows`."""
 
     def write_rows(self, row_off: int, probs: NDArray[np.float32], valid: NDArray[np.bool_]) -> None:
         """Write rows ``row_off ..`` of (K, rows, width) probabilities and their (rows, width) valid mask."""

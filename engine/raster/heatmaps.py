@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .model_card import NODATA_CLASS
+from ..model_card import NODATA_CLASS
 
 #: Integer total of a valid pixel's heatmap values (one unit = 1e-4 probability).
 HEATMAP_SCALE = 10000

@@ -23,8 +23,8 @@ from rasterio.crs import CRS
 from rasterio.io import DatasetWriter
 from rasterio.windows import Window
 
-from .heatmap_quantization import HEATMAP_NODATA, HEATMAP_SCALE
-from .model_card import NODATA_CLASS, ModelCard
+from ..model_card import NODATA_CLASS, ModelCard
+from .heatmaps import HEATMAP_NODATA, HEATMAP_SCALE
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ Strategies, chosen by name from :data:`STITCHING_STRATEGIES`:
 * ``"cosine"``: weight 1 in the tile's interior and a raised-cosine ramp across the overlap, sampled at pixel
   centres, so two neighbours' ramps add up to exactly 1 (a partition of unity). Sides on the raster border
   are not ramped. Never exactly 0.
-* ``"center_crop"``: weight 1 on the tile's core (see :func:`engine.tiling.core_window`), 0 elsewhere; every
+* ``"center_crop"``: weight 1 on the tile's core (see :func:`engine.inference.tiling.core_window`), 0 elsewhere; every
   pixel comes from exactly one tile (cheapest, deterministic, may show seams with too small an overlap).
 
 :class:`StripAccumulator` holds only one tile row's worth of rows (``K x tile x width`` float32), hands
@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 from rasterio.windows import Window
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 from .tiling import TilingSpec
 
 __all__ = [
@@ -179,7 +179,7 @@ class StripAccumulator:
         """Accumulate one tile of the current tile row.
 
         Args:
-            window: The tile's window (from :func:`engine.tiling.iter_tile_rows`); its row offset must be
+            window: The tile's window (from :func:`engine.inference.tiling.iter_tile_rows`); its row offset must be
                 :attr:`top_row`.
             probs: (K, T, T) class probabilities of the tile.
             valid: (T, T) valid mask of the tile (False for nodata / masked / outside the raster).

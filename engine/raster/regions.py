@@ -17,7 +17,7 @@ from rasterio.features import rasterize
 from rasterio.windows import Window
 from rasterio.windows import bounds as window_bounds
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 
 Bounds = tuple[float, float, float, float]
 _POLYGONAL = frozenset({"Polygon", "MultiPolygon"})

@@ -5,10 +5,10 @@ One loop serves the QGIS plugin, the command line and the benchmarks:
 1. read the model card, open the raster on the processing grid, load the backend (and say which and why);
 2. walk the tile grid one tile row at a time, reading tiles boundless and batching the ones with any valid
    pixel (tiles that are all nodata / masked / outside the extent never reach the model);
-3. blend each tile's class probabilities into a :class:`~engine.stitching.StripAccumulator` that spans one
+3. blend each tile's class probabilities into a :class:`~engine.inference.stitching.StripAccumulator` that spans one
    tile row (``K x tile x width`` float32);
 4. after each tile row, hand the rows no later tile can touch to
-   :meth:`~engine.raster_io.SegmentationWriter.write_rows` (through a write-behind thread, so compression
+   :meth:`~engine.raster.writer.SegmentationWriter.write_rows` (through a write-behind thread, so compression
    overlaps the next model calls) and reuse the strip.
 
 So peak memory grows with tile size x raster width, never with the raster's area: no full-size array exists.
@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -29,17 +28,19 @@ import numpy as np
 from numpy.typing import NDArray
 from rasterio.windows import Window
 
-from . import __version__
-from .backends import InferenceBackend, load_backend
-from .errors import CanceledError, InvalidInputError, InvalidRasterError, ModelLoadError
-from .model_card import ModelCard
-from .model_file import ModelFile
-from .progress import NullProgress, ProgressReporter
-from .raster_io import RasterSource, SegmentationWriter
-from .request import TTA_MODES, SegmentationRequest, SegmentationResult, check_output_paths, resolve_tiling
+from .. import __version__
+from ..backends import InferenceBackend, load_backend
+from ..errors import CanceledError, InvalidRasterError
+from ..model_card import ModelCard
+from ..model_file import ModelFile
+from ..progress import NullProgress, ProgressReporter
+from ..raster.reader import RasterSource
+from ..raster.write_behind import RowWriter, WriteBehind
+from ..raster.writer import SegmentationWriter
+from .request import SegmentationRequest, SegmentationResult, check_output_paths, resolve_tiling
 from .stitching import StripAccumulator
 from .tiling import TilingSpec, iter_tile_rows, tile_count
-from .write_behind import RowWriter, WriteBehind
+from .tta import TTA_MODES, Predictor, make_predictor
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -49,7 +50,6 @@ __all__ = [
     "SegmentationResult",
     "StitchStats",
     "check_output_paths",
-    "count_classes",
     "make_predictor",
     "provenance_tags",
     "resolve_tiling",
@@ -66,11 +66,9 @@ WRITE_CHUNK_ROWS = 32
 #: Share of the progress bar given to tiles; the rest is finalising the outputs.
 _TILES_SHARE = 0.98
 
-Predictor = Callable[[NDArray[np.float32]], NDArray[np.float32]]
-
 
 class TileSource(Protocol):
-    """The part of :class:`~engine.raster_io.RasterSource` the tile loop uses."""
+    """The part of :class:`~engine.raster.reader.RasterSource` the tile loop uses."""
 
     @property
     def height(self) -> int: ...
@@ -88,14 +86,12 @@ class StitchStats:
     Attributes:
         tile_count: Tiles in the grid.
         tiles_run: Tiles that went through the model (the others were entirely invalid).
-        class_pixel_counts: Pixels per class (argmax of the blended probabilities).
         valid_pixel_count: Pixels with a class.
         strip_bytes: Memory held by the stitching strip.
     """
 
     tile_count: int
     tiles_run: int = 0
-    class_pixel_counts: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     valid_pixel_count: int = 0
     strip_bytes: int = 0
 
@@ -109,7 +105,6 @@ def stitch_raster(
     stitching: str = "gaussian",
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: ProgressReporter | None = None,
-    count_classes: bool = True,
 ) -> StitchStats:
     """Tile ``source``, run ``predict`` on batches of tiles, blend and stream finished rows to ``writer``.
 
@@ -122,7 +117,6 @@ def stitch_raster(
         stitching: Name of the blending strategy.
         batch_size: Tiles per ``predict`` call.
         progress: Gets a monotonic fraction in [0, 0.98] and is asked about cancellation between batches.
-        count_classes: Count pixels per class (an extra argmax; skip it when the writer counts them).
 
     Raises:
         CanceledError: If ``progress`` reports a cancel (the caller aborts the writer).
@@ -130,16 +124,12 @@ def stitch_raster(
     reporter = progress if progress is not None else NullProgress()
     height, width = source.height, source.width
     stats = StitchStats(tile_count=tile_count(height, width, spec))
-    stats.class_pixel_counts = np.zeros(num_classes, dtype=np.int64)
     accumulator = StripAccumulator(num_classes, height, width, spec, stitching)
     stats.strip_bytes = accumulator.nbytes
 
     def sink(row_off: int, probs: NDArray[np.float32], valid: NDArray[np.bool_]) -> None:
         writer.write_rows(row_off, probs, valid)
         stats.valid_pixel_count += int(np.count_nonzero(valid))
-        if count_classes:
-            labels = np.argmax(probs, axis=0)
-            stats.class_pixel_counts += np.bincount(labels[valid], minlength=num_classes)[:num_classes]
 
     tiles_seen = 0
 
@@ -173,44 +163,6 @@ def stitch_raster(
 def _check_canceled(progress: ProgressReporter) -> None:
     if progress.is_canceled():
         raise CanceledError("Segmentation canceled by the user; no output was written.")
-
-
-def make_predictor(backend: InferenceBackend, num_classes: int, tta: str = "none") -> Predictor:
-    """Wrap a backend's ``predict`` with an output-shape check and optional flip test-time augmentation.
-
-    Args:
-        backend: The loaded backend.
-        num_classes: K from the model card.
-        tta: ``"none"``, or ``"flip"`` for the mean of identity, horizontal-flip and vertical-flip probabilities.
-
-    Raises:
-        InvalidInputError: If ``tta`` is unknown.
-    """
-    if tta not in TTA_MODES:
-        raise InvalidInputError(f"Unknown test-time augmentation '{tta}'; choose one of: none, flip.")
-
-    def checked(batch: NDArray[np.float32]) -> NDArray[np.float32]:
-        probs = np.asarray(backend.predict(batch), dtype=np.float32)
-        expected = (batch.shape[0], num_classes, batch.shape[2], batch.shape[3])
-        if probs.shape != expected:
-            raise ModelLoadError(
-                f"The model returned an output of shape {probs.shape} for input {batch.shape}, expected {expected}; "
-                "the model card's class list or the model's output size does not match the model. Fix the card."
-            )
-        return probs
-
-    if tta == "none":
-        return checked
-
-    def flip_averaged(batch: NDArray[np.float32]) -> NDArray[np.float32]:
-        total = checked(batch)
-        for axis in (-1, -2):  # horizontal, then vertical flip; each is undone on the output
-            flipped = np.ascontiguousarray(np.flip(batch, axis=axis))
-            total += np.flip(checked(flipped), axis=axis)
-        total /= np.float32(3.0)
-        return total
-
-    return flip_averaged
 
 
 def provenance_tags(
@@ -292,15 +244,10 @@ def segment_raster(
         _say(reporter, f"Model '{card.name}' runs with {backend.name} on {backend.device}: {backend.device_reason}")
         model_sha256 = model.sha256
         tags = provenance_tags(request, card, model_sha256, spec, batch_size, backend)
-        resampled = bool(getattr(source, "resampled", False)) or (source.height, source.width) != (
-            source.input_height,
-            source.input_width,
-        )
         with SegmentationWriter(
             source, Path(request.output_path), request.heatmaps_path, card, tags, cog=request.cog
         ) as writer:
-            # The writer counts classes on the input grid; without that (a writer to the bare contract) the
-            # counts are read back from the written file below.
+            # The writer counts the classes it writes on the input grid: the one place pixels are counted.
             with WriteBehind(writer) as rows_out:
                 stats = stitch_raster(
                     source,
@@ -311,7 +258,6 @@ def segment_raster(
                     stitching=request.stitching,
                     batch_size=batch_size,
                     progress=reporter,
-                    count_classes=False,
                 )
             if stats.valid_pixel_count == 0:
                 raise InvalidRasterError(
@@ -319,7 +265,7 @@ def segment_raster(
                     "the extent); check its nodata value, bands, EXTENT and MASK."
                 )
             writer.commit()
-    counts = _input_grid_counts(writer, stats, resampled, Path(request.output_path), card.num_classes)
+    counts = np.asarray(writer.class_pixel_counts, dtype=np.int64)
     reporter.set_progress(1.0)
     elapsed = time.perf_counter() - started
     logger.info("Segmented %d of %d tiles in %.1f s", stats.tiles_run, stats.tile_count, elapsed)
@@ -336,27 +282,3 @@ def segment_raster(
         tile_count=stats.tile_count,
         elapsed_s=elapsed,
     )
-
-
-def _input_grid_counts(
-    writer: object, stats: StitchStats, resampled: bool, output_path: Path, num_classes: int
-) -> NDArray[np.int64]:
-    """Pixels per class on the input grid: from the writer when it counted them, else from the strips or file."""
-    written = getattr(writer, "class_pixel_counts", None)
-    if written is not None and len(written) == num_classes:
-        return np.asarray(written, dtype=np.int64)
-    if resampled or not stats.class_pixel_counts.any():
-        return count_classes(output_path, num_classes)
-    return stats.class_pixel_counts
-
-
-def count_classes(class_raster: Path, num_classes: int) -> NDArray[np.int64]:
-    """Pixels per class in a written class raster, read block by block (nodata and out-of-range ignored)."""
-    import rasterio
-
-    counts = np.zeros(num_classes, dtype=np.int64)
-    with rasterio.open(class_raster) as dataset:
-        for _, window in dataset.block_windows(1):
-            labels = dataset.read(1, window=window)
-            counts += np.bincount(labels.ravel(), minlength=256)[:num_classes]
-    return counts

@@ -1,0 +1,77 @@
+"""An in-memory image as a tile source and an array as the row sink, for the one tile loop.
+
+Training validation and evaluation predict whole images held in memory; they run through
+:func:`~engine.inference.pipeline.stitch_raster` exactly as a raster file does (same windows, same boundless
+padding with zeros, i.e. the band mean after normalisation, same blending), so a validation score measures what
+a QGIS user gets.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+from rasterio.windows import Window
+
+from .pipeline import DEFAULT_BATCH_SIZE, stitch_raster
+from .tiling import TilingSpec
+from .tta import Predictor
+
+__all__ = ["ArraySink", "ArrayTileSource", "stitch_array"]
+
+
+class ArrayTileSource:
+    """A normalised (C, H, W) image served as boundless tiles (zeros and invalid outside the image)."""
+
+    def __init__(self, image: NDArray[np.float32], valid: NDArray[np.bool_] | None = None) -> None:
+        self._image = np.asarray(image, dtype=np.float32)
+        self._valid = np.ones(self._image.shape[1:], dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
+
+    @property
+    def height(self) -> int:
+        """Rows of the image."""
+        return int(self._image.shape[1])
+
+    @property
+    def width(self) -> int:
+        """Columns of the image."""
+        return int(self._image.shape[2])
+
+    def read_tile(self, window: Window) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+        """The (C, h, w) tile of ``window`` and its (h, w) validity; zero and invalid where outside the image."""
+        row_off, col_off = int(window.row_off), int(window.col_off)
+        rows, cols = int(window.height), int(window.width)
+        tile = np.zeros((self._image.shape[0], rows, cols), dtype=np.float32)
+        valid = np.zeros((rows, cols), dtype=bool)
+        top, left = max(row_off, 0), max(col_off, 0)
+        bottom, right = min(row_off + rows, self.height), min(col_off + cols, self.width)
+        if bottom > top and right > left:
+            inner = (slice(top - row_off, bottom - row_off), slice(left - col_off, right - col_off))
+            tile[:, inner[0], inner[1]] = self._image[:, top:bottom, left:right]
+            valid[inner] = self._valid[top:bottom, left:right]
+        return tile, valid
+
+
+class ArraySink:
+    """Collects the finished rows of the tile loop into one (K, H, W) probability array (zeros where invalid)."""
+
+    def __init__(self, num_classes: int, height: int, width: int) -> None:
+        self.probabilities = np.zeros((num_classes, height, width), dtype=np.float32)
+
+    def write_rows(self, row_off: int, probs: NDArray[np.float32], valid: NDArray[np.bool_]) -> None:
+        """Store rows ``row_off..`` of the blended probabilities."""
+        self.probabilities[:, row_off : row_off + probs.shape[1]] = probs
+
+
+def stitch_array(
+    image: NDArray[np.float32],
+    predict: Predictor,
+    spec: TilingSpec,
+    num_classes: int,
+    stitching: str = "gaussian",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> NDArray[np.float32]:
+    """Class probabilities (K, H, W) of a whole normalised (C, H, W) image through the engine's tile loop."""
+    source = ArrayTileSource(image)
+    sink = ArraySink(num_classes, source.height, source.width)
+    stitch_raster(source, sink, predict, spec, num_classes, stitching=stitching, batch_size=batch_size)
+    return sink.probabilities

@@ -1,0 +1,102 @@
+"""Test-time augmentation and the checked predictor: one implementation for the engine and for training.
+
+A mode is a list of views, each a (forward, inverse) pair of exact pixel permutations over the last two axes.
+The predictor runs the model on every view of a batch, maps each view's class probabilities back to the
+original orientation, and averages them (the mean of softmax outputs, as the segmentation literature does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal, get_args
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..backends.contract import InferenceBackend
+from ..errors import InvalidInputError, ModelLoadError
+
+__all__ = ["TTA_MODES", "Predictor", "TtaMode", "make_predictor", "tta_views"]
+
+TtaMode = Literal["none", "flip", "d4"]
+#: ``none``; ``flip``: identity, horizontal and vertical flip (3x); ``d4``: the 8 dihedral views (8x, square tiles).
+TTA_MODES: tuple[str, ...] = get_args(TtaMode)
+
+Array = NDArray[np.float32]
+Predictor = Callable[[Array], Array]
+View = tuple[Callable[[Array], Array], Callable[[Array], Array]]
+
+
+def _identity(a: Array) -> Array:
+    return a
+
+
+def _flip(axis: int) -> Callable[[Array], Array]:
+    def flip(a: Array) -> Array:
+        return np.flip(a, axis=axis)
+
+    return flip
+
+
+def _dihedral(quarter_turns: int, flip: bool) -> View:
+    """Rotate by ``quarter_turns`` after an optional horizontal flip, and the exact inverse."""
+
+    def forward(a: Array) -> Array:
+        return np.rot90(np.flip(a, axis=-1) if flip else a, quarter_turns, axes=(-2, -1))
+
+    def inverse(a: Array) -> Array:
+        turned = np.rot90(a, -quarter_turns, axes=(-2, -1))
+        return np.flip(turned, axis=-1) if flip else turned
+
+    return forward, inverse
+
+
+def tta_views(mode: str) -> list[View]:
+    """The (forward, inverse) views of a TTA mode; the identity comes first.
+
+    Raises:
+        InvalidInputError: If ``mode`` is not one of :data:`TTA_MODES`.
+    """
+    if mode == "none":
+        return [(_identity, _identity)]
+    if mode == "flip":
+        return [(_identity, _identity), (_flip(-1), _flip(-1)), (_flip(-2), _flip(-2))]
+    if mode == "d4":
+        return [_dihedral(k, flip) for k in range(4) for flip in (False, True)]
+    raise InvalidInputError(f"Unknown test-time augmentation '{mode}'; choose one of: {', '.join(TTA_MODES)}.")
+
+
+def make_predictor(backend: InferenceBackend, num_classes: int, tta: str = "none") -> Predictor:
+    """Wrap a backend's ``predict`` with an output-shape check and optional test-time augmentation.
+
+    Args:
+        backend: The loaded backend.
+        num_classes: K from the model card.
+        tta: A name from :data:`TTA_MODES`.
+
+    Raises:
+        InvalidInputError: If ``tta`` is unknown.
+    """
+    views = tta_views(tta)
+
+    def checked(batch: Array) -> Array:
+        probs = np.asarray(backend.predict(batch), dtype=np.float32)
+        expected = (batch.shape[0], num_classes, batch.shape[2], batch.shape[3])
+        if probs.shape != expected:
+            raise ModelLoadError(
+                f"The model returned an output of shape {probs.shape} for input {batch.shape}, expected {expected}; "
+                "the model card's class list or the model's output size does not match the model. Fix the card."
+            )
+        return probs
+
+    if len(views) == 1:
+        return checked
+
+    def averaged(batch: Array) -> Array:
+        total = checked(batch)  # the identity view
+        for forward, inverse in views[1:]:
+            total += inverse(checked(np.ascontiguousarray(forward(batch))))
+        total /= np.float32(len(views))
+        return total
+
+    return averaged
