@@ -3,7 +3,7 @@ PY := .venv/bin/python
 export QT_QPA_PLATFORM := offscreen
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup demo test test-all lint typecheck package benchmarks
+.PHONY: setup demo test test-all lint typecheck package benchmarks desktop-screenshot
 
 setup:
 	bash scripts/setup.sh
@@ -31,3 +31,6 @@ package: setup
 
 benchmarks: setup
 	$(PY) -m benchmarks.engine_throughput && $(PY) -m benchmarks.engine_memory && $(PY) benchmarks/models_cpu.py --quick
+
+desktop-screenshot: setup
+	$(PY) scripts/desktop_screenshot.py --output docs/plugin-desktop.png

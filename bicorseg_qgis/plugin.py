@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from qgis.core import QgsApplication, QgsSettings
+from qgis.core import Qgis, QgsApplication, QgsSettings
 from qgis.PyQt.QtCore import QCoreApplication, QTranslator
+from qgis.PyQt.QtWidgets import QPushButton
 
+from .algorithms.base import tr
+from .dependencies import missing_modules
 from .provider import BiCoRSegProvider
 
 I18N_DIR = Path(__file__).resolve().parent / "i18n"
@@ -33,6 +36,7 @@ class BiCoRSegPlugin:
         self.iface = iface
         self.provider: BiCoRSegProvider | None = None
         self.translator = load_translator()
+        self.dependency_message: Any = None
 
     def initProcessing(self) -> None:
         """Add the provider; qgis_process calls only this hook, the desktop calls it from initGui too."""
@@ -42,8 +46,39 @@ class BiCoRSegPlugin:
         QgsApplication.processingRegistry().addProvider(self.provider)
 
     def initGui(self) -> None:
-        """Desktop start-up: the plugin adds no widgets of its own, only the Processing provider."""
+        """Desktop start-up: the Processing provider, and a message bar offering the installer when packages lack."""
         self.initProcessing()
+        self.offer_dependency_install()
+
+    def offer_dependency_install(self) -> None:
+        """When needed packages are missing, a message bar with an Install button (never a dialog on start-up).
+
+        The button opens ``bicorseg:installdependencies``, whose log shows pip's output and which can be canceled.
+        """
+        missing = missing_modules()
+        if not missing or self.iface is None:
+            return
+        bar = self.iface.messageBar()
+        message = bar.createMessage(
+            "BiCoR-Seg",
+            tr("Python packages missing: {missing}. Install them into this QGIS profile?").format(
+                missing=", ".join(missing)
+            ),
+        )
+        button = QPushButton(tr("Install"), message)
+        button.setObjectName("bicorsegInstallDependencies")
+        button.clicked.connect(self.open_installer)
+        message.layout().addWidget(button)
+        self.dependency_message = bar.pushWidget(message, Qgis.MessageLevel.Warning)
+
+    def open_installer(self) -> None:
+        """Open the Install dependencies dialog (profile ``cpu`` preselected) and drop the message bar."""
+        import processing
+
+        if self.dependency_message is not None:
+            self.iface.messageBar().popWidget(self.dependency_message)
+            self.dependency_message = None
+        processing.execAlgorithmDialog("bicorseg:installdependencies", {"PROFILE": "cpu"})
 
     def unload(self) -> None:
         """Remove the provider (plugin unloaded or reloaded) and the translation."""

@@ -11,6 +11,7 @@ from .algorithms.base import tr
 from .algorithms.diagnostics import DiagnosticsAlgorithm
 from .algorithms.evaluate_segmentation import EvaluateSegmentationAlgorithm
 from .algorithms.export_model import ExportModelAlgorithm
+from .algorithms.install_dependencies import InstallDependenciesAlgorithm
 from .algorithms.segment_land_cover import SegmentLandCoverAlgorithm
 
 ICON_PATH = Path(__file__).resolve().parent / "resources" / "icons" / "bicorseg.svg"
@@ -50,5 +51,6 @@ class BiCoRSegProvider(QgsProcessingProvider):
             EvaluateSegmentationAlgorithm(),
             ExportModelAlgorithm(),
             DiagnosticsAlgorithm(),
+            InstallDependenciesAlgorithm(),
         ):
             self.addAlgorithm(algorithm)

@@ -7,7 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(qgis python3-qgis qgis-providers python3-gdal gdal-bin)
+# python3-pip: bicorseg:installdependencies runs pip with the Python QGIS uses (Debian ships it separately);
+# xvfb: the real QGIS desktop runs headless in tests/plugin/test_desktop.py and scripts/desktop_screenshot.py.
+APT_PACKAGES=(qgis python3-qgis qgis-providers python3-gdal gdal-bin python3-pip xvfb xauth)
 
 need_apt=0
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -88,12 +88,13 @@ def install_instructions(missing: Sequence[str]) -> str:
         how = tr("open a Terminal and run")
         command = f'"{Path(sys.prefix) / "bin" / "python3"}" -m pip install --user {packages}'
     else:
-        how = tr("open a terminal and run")
-        command = f"python3 -m pip install --user {packages}"
+        how = tr("open a terminal and run (QGIS 3.22 on Debian/Ubuntu: qgis_process.bin)")
+        command = "qgis_process run bicorseg:installdependencies -- PROFILE=cpu"  # PEP 668 refuses a plain pip
     return tr(
         "BiCoR-Seg needs the Python package(s) {missing}, which are not installed in the {python} that QGIS uses. "
-        "To install them, {how}:\n    {command}\nthen restart QGIS. "
-        "For a GPU, install onnxruntime-gpu or a CUDA build of torch instead (see the plugin's README)."
+        "Install them with Processing Toolbox > BiCoR-Seg > Set-up > Install dependencies (profile cpu; cuda for "
+        "an NVIDIA GPU), which puts pinned versions into a folder of your QGIS profile and keeps QGIS's numpy<2, "
+        "then restart QGIS. Or {how}:\n    {command}"
     ).format(missing=", ".join(missing), python=python, how=how, command=command)
 
 

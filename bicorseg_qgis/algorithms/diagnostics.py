@@ -16,7 +16,9 @@ from qgis.core import (
     QgsProcessingParameterFileDestination,
 )
 
+from .. import dependencies
 from .base import BiCoRSegAlgorithm, install_instructions, missing_dependencies
+from .install_dependencies import profile_folder
 
 
 class DiagnosticsAlgorithm(BiCoRSegAlgorithm):
@@ -60,6 +62,7 @@ class DiagnosticsAlgorithm(BiCoRSegAlgorithm):
             "python_prefix": sys.prefix,
             "platform": platform.platform(),
             "missing_packages": missing_dependencies(["numpy", "rasterio"], ["onnxruntime", "torch"]),
+            "dependencies": self._dependency_folder(),
         }
         try:
             from ..engine import __version__ as engine_version
@@ -85,6 +88,17 @@ class DiagnosticsAlgorithm(BiCoRSegAlgorithm):
             path.write_text(text + "\n", encoding="utf-8")
             outputs[self.OUTPUT] = str(path)
         return outputs
+
+    def _dependency_folder(self) -> dict[str, Any]:
+        """Where Install dependencies puts packages, what is there, and how to uninstall (delete the folder)."""
+        folder = profile_folder()
+        stamp = dependencies.read_stamp(folder)
+        return {
+            "folder": str(folder),
+            "installed": stamp,
+            "on_sys_path": str(folder) in sys.path,
+            "uninstall": self.tr("Delete the folder {folder} and restart QGIS.").format(folder=folder),
+        }
 
     def _summary(self, report: dict[str, Any]) -> str:
         if report["missing_packages"]:

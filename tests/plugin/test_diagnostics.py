@@ -27,3 +27,14 @@ def test_diagnostics_runs_without_a_report_file(run_alg):
     result = run_alg("bicorseg:diagnostics", {})
     assert result["SUMMARY"]
     assert "OUTPUT" not in result or not result["OUTPUT"]
+
+
+def test_diagnostics_says_where_the_installed_dependencies_live_and_how_to_uninstall(tmp_path, run_alg):
+    from qgis.core import QgsApplication
+
+    run_alg("bicorseg:diagnostics", {"OUTPUT": str(tmp_path / "diag.json")})
+    folder = json.loads((tmp_path / "diag.json").read_text())["dependencies"]
+    profile = QgsApplication.qgisSettingsDirPath().rstrip("/")
+    assert folder["folder"] == f"{profile}/python/dependencies/bicorseg-qgis"
+    assert f"Delete the folder {folder['folder']}" in folder["uninstall"]
+    assert "installed" in folder and "on_sys_path" in folder

@@ -32,7 +32,7 @@ def process(algorithm):
         (errors.InvalidRasterError("Raster 'x.tif' has 2 bands; pick 3 with BANDS."), "pick 3 with BANDS"),
         (errors.BackendUnavailableError("CUDA not usable: install onnxruntime-gpu."), "install onnxruntime-gpu"),
         (errors.CanceledError("stop"), "Canceled; no output was written."),
-        (ModuleNotFoundError("No module named 'scipy'", name="scipy"), "pip install --user scipy"),
+        (ModuleNotFoundError("No module named 'scipy'", name="scipy"), "package(s) scipy, which are not installed"),
         (MemoryError(), "lower BATCH_SIZE or TILE_SIZE"),
     ],
 )

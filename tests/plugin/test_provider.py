@@ -13,12 +13,13 @@ FROZEN_SEGMENT_PARAMETERS = [
 ]  # fmt: skip
 
 
-def test_provider_registers_the_four_frozen_algorithm_ids(provider):
+def test_provider_registers_the_frozen_algorithm_ids(provider):
     ids = sorted(alg.id() for alg in provider.algorithms())
     assert ids == [
         "bicorseg:diagnostics",
         "bicorseg:evaluatesegmentation",
         "bicorseg:exportmodel",
+        "bicorseg:installdependencies",
         "bicorseg:segmentlandcover",
     ]
     assert not provider.icon().isNull()
@@ -42,6 +43,14 @@ def test_enums_store_static_strings_so_models_survive_new_options(qgis_app, name
     assert param.usesStaticStrings()
     assert param.options() == options
     assert param.defaultValue() == "auto"
+
+
+def test_install_dependencies_profile_is_a_static_string_enum_with_a_folder_output(qgis_app):
+    alg = QgsApplication.processingRegistry().algorithmById("bicorseg:installdependencies")
+    param = alg.parameterDefinition("PROFILE")
+    assert isinstance(param, QgsProcessingParameterEnum) and param.usesStaticStrings()
+    assert param.options() == ["cpu", "cuda", "training"] and param.defaultValue() == "cpu"
+    assert {o.name() for o in alg.outputDefinitions()} >= {"FOLDER", "PACKAGES"}
 
 
 def test_tiling_parameters_are_advanced_and_default_to_the_card(qgis_app):
