@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from engine.backends import load_backend
-from engine.metrics import SegmentationMetrics
+from engine.evaluation.metrics import SegmentationMetrics
 from engine.model_card import read_card
 from engine.pipeline import make_predictor
 from engine.tiling import TilingSpec

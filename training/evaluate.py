@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from engine.errors import InvalidInputError
-from engine.metrics import SegmentationMetrics
+from engine.evaluation.metrics import SegmentationMetrics
 from engine.tiling import TilingSpec
 from training.checkpoints import load_model, load_training_checkpoint
 from training.command import run_json_command

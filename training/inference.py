@@ -19,7 +19,7 @@ from rasterio.windows import Window
 from torch import Tensor, nn
 
 from engine.errors import InvalidInputError
-from engine.metrics import confusion_matrix
+from engine.evaluation.metrics import confusion_matrix
 from engine.stitching import StripAccumulator
 from engine.tiling import TilingSpec, iter_tile_rows
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike, NDArray
 
-from engine.metrics import ConfusionMatrixAccumulator, SegmentationMetrics
+from engine.evaluation.metrics import ConfusionMatrixAccumulator, SegmentationMetrics
 from training.datasets.base import DatasetInfo
 
 

@@ -16,7 +16,8 @@ CORE_MODULES = (
     "engine.stitching",
     "engine.raster_io",
     "engine.progress",
-    "engine.metrics",
+    "engine.evaluation",
+    "engine.evaluation.metrics",
     "engine.pipeline",
     "engine.backends",
 )

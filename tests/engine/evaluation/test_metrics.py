@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.errors import InvalidInputError
-from engine.metrics import ConfusionMatrixAccumulator, SegmentationMetrics, confusion_matrix
+from engine.evaluation.metrics import ConfusionMatrixAccumulator, SegmentationMetrics, confusion_matrix
 
 NAMES3 = ("a", "b", "c")
 # rows = reference, columns = prediction
