@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from engine.backends import load_backend
+from engine.evaluation.metrics import SegmentationMetrics
 from engine.inference.pipeline import make_predictor
 from engine.inference.tiling import TilingSpec
-from engine.metrics import SegmentationMetrics
 from engine.model_file import ModelFile
 from training.datasets import build_dataset
 from training.inference import confusion_over_images

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.metrics import ConfusionMatrixAccumulator, SegmentationMetrics
+from engine.evaluation.metrics import ConfusionMatrixAccumulator, SegmentationMetrics
 from engine.models import create_model
 from training.datasets.colour_masks import DubaiAerial
 from training.transforms import Normalization

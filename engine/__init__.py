@@ -5,7 +5,7 @@ imports without them. Inside the engine every import is relative, because the QG
 as ``bicorseg_qgis.engine``.
 
 Public API, imported on first use so that importing the package stays cheap: ``engine.segment_raster``,
-``engine.SegmentationRequest``, ``engine.read_card`` and the other names in ``__all__``.
+``engine.SegmentationRequest``, ``engine.read_card``, ``engine.evaluate_rasters`` and the other names in ``__all__``.
 """
 
 from __future__ import annotations
@@ -30,11 +30,15 @@ _PUBLIC: dict[str, str] = {
     "resolve_model_path": "default_model",
     "ProgressReporter": "progress",
     "BiCoRSegError": "errors",
+    "EvaluationResult": "evaluation",
+    "evaluate_rasters": "evaluation",
+    "write_report": "evaluation",
 }
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
     "BiCoRSegError",
+    "EvaluationResult",
     "ModelCard",
     "ModelFile",
     "ProgressReporter",
@@ -42,11 +46,13 @@ __all__ = [
     "SegmentationResult",
     "__version__",
     "diagnose",
+    "evaluate_rasters",
     "export_checkpoint_file",
     "load_backend",
     "read_card",
     "resolve_model_path",
     "segment_raster",
+    "write_report",
 ]
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m engine segment | info | diagnose`` (the same pipeline as the QGIS plugin).
+"""Command line: ``python -m engine segment | info | diagnose | evaluate`` (the same code as the QGIS plugin).
 
 Bad input ends with exit code 2 and one line naming the problem and the fix, never a traceback. Ctrl-C ends
 with exit code 130. In both cases, and on any failure, nothing is left at the output paths.
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``python -m engine`` argument parser."""
     parser = _OneLineParser(prog="python -m engine", description="BiCoR-Seg land-cover segmentation engine.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{segment,info,diagnose}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{segment,info,diagnose,evaluate}")
 
     segment = commands.add_parser("segment", help="segment a raster into a class raster (+ heatmaps)")
     segment.add_argument("input", type=Path, metavar="INPUT", help="raster to segment (GeoTIFF, VRT, ...)")
@@ -113,6 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("model", nargs="?", default=None, metavar="MODEL", help="model file; default: embedded model")
 
     commands.add_parser("diagnose", help="print backends, devices and versions as JSON")
+
+    evaluate = commands.add_parser("evaluate", help="score a class raster against a reference raster")
+    evaluate.add_argument("prediction", type=Path, metavar="PRED", help="predicted class raster")
+    evaluate.add_argument("reference", type=Path, metavar="REF", help="reference class raster on the same grid")
+    evaluate.add_argument(
+        "-o", "--output", type=Path, metavar="REPORT.json", help="report (.json, .csv, else HTML); default: stdout"
+    )
+    evaluate.add_argument("--ignore", type=_non_negative_int, metavar="N", help="reference value that is not scored")
+    evaluate.add_argument("--model", type=Path, metavar="PATH", help="model file whose card names the classes")
+    evaluate.add_argument("--json", action="store_true", help="print the JSON report on stdout also with -o")
+    evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -140,6 +151,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
             return _segment(args, out, err)
         if args.command == "info":
             return _info(args, out)
+        if args.command == "evaluate":
+            return _evaluate(args, out, err)
         return _diagnose(out)
     except CanceledError as exc:
         err.write(f"canceled: {_one_line(exc)}\n")
@@ -234,4 +247,25 @@ def _diagnose(out: TextIO) -> int:
 
     report: dict[str, Any] = diagnose()
     out.write(json.dumps(report, indent=2, default=str) + "\n")
+    return EXIT_OK
+
+
+def _evaluate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from .evaluation import evaluate_rasters, report_dict, write_report
+    from .progress import TqdmProgress
+
+    with TqdmProgress(description="evaluating", stream=err, disable=args.quiet) as progress:
+        result = evaluate_rasters(
+            args.prediction, args.reference, ignore_index=args.ignore, model_path=args.model, progress=progress
+        )
+    metrics = result.metrics
+    if args.output is not None:
+        write_report(metrics, args.output)
+    if args.output is None or args.json:
+        out.write(json.dumps(report_dict(metrics), indent=2) + "\n")
+    where = "" if args.output is None else f"wrote {args.output}: "
+    err.write(
+        f"{where}mIoU {metrics.miou:.4f}, mF1 {metrics.mf1:.4f}, OA {metrics.oa:.4f}, kappa {metrics.kappa:.4f} "
+        f"over {metrics.pixel_count} pixels\n"
+    )
     return EXIT_OK

@@ -30,8 +30,8 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from engine.errors import InvalidInputError
+from engine.evaluation.metrics import SegmentationMetrics
 from engine.inference.tiling import TilingSpec
-from engine.metrics import SegmentationMetrics
 from training.checkpoints import load_model, load_training_checkpoint
 from training.command import run_json_command
 from training.config import TrainConfig, load_config, resolve_config

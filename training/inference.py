@@ -18,10 +18,10 @@ from numpy.typing import NDArray
 from torch import Tensor, nn
 
 from engine.backends.torch_backend import TorchBackend
+from engine.evaluation.metrics import confusion_matrix
 from engine.inference.in_memory import stitch_array
 from engine.inference.tiling import TilingSpec
 from engine.inference.tta import TTA_MODES, Predictor, TtaMode, make_predictor
-from engine.metrics import confusion_matrix
 from training.datasets.base import DatasetInfo
 
 __all__ = [

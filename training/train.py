@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from engine.errors import BiCoRSegError, InvalidInputError
-from engine.metrics import SegmentationMetrics
+from engine.evaluation.metrics import SegmentationMetrics
 from engine.models import create_model
 from training.checkpoints import load_training_checkpoint, save_checkpoint, unwrap_model
 from training.config import TrainConfig, config_to_dict, load_config, save_config

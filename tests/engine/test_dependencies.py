@@ -16,7 +16,8 @@ CORE_MODULES = (
     "engine.inference.stitching",
     "engine.raster.reader",
     "engine.progress",
-    "engine.metrics",
+    "engine.evaluation",
+    "engine.evaluation.metrics",
     "engine.inference.pipeline",
     "engine.backends",
 )

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,7 +13,7 @@ import rasterio
 from qgis.core import QgsProcessingException
 from rasterio.transform import from_origin
 
-from .conftest import CLASS_NAMES
+from .conftest import CLASS_NAMES, REPO
 
 pytestmark = pytest.mark.qgis
 ALG = "bicorseg:evaluatesegmentation"
@@ -78,3 +81,17 @@ def test_rasters_of_different_sizes_are_refused_with_the_fix(tmp_path, pair, run
     other = write(tmp_path / "other.tif", np.zeros((5, 4), dtype=np.uint8))
     with pytest.raises(QgsProcessingException, match="warp"):
         run_alg(ALG, {"PREDICTION": str(pred), "REFERENCE": str(other), "OUTPUT": str(tmp_path / "r.json")})
+
+
+def test_processing_and_the_engine_command_line_write_the_same_json(tmp_path, pair, run_alg):
+    pred, ref = pair
+    from_qgis, from_cli = tmp_path / "qgis.json", tmp_path / "cli.json"
+    run_alg(ALG, {"PREDICTION": str(pred), "REFERENCE": str(ref), "IGNORE_VALUE": 9, "OUTPUT": str(from_qgis)})
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        [sys.executable, "-m", "engine", "evaluate", str(pred), str(ref), "--ignore", "9", "-o", str(from_cli), "-q"],
+        check=False, capture_output=True, text=True, env=env, cwd=REPO, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert from_cli.read_bytes() == from_qgis.read_bytes()
+    assert json.loads(from_cli.read_text())["confusion_matrix"] == CONFUSION

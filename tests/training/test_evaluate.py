@@ -17,7 +17,7 @@ from engine.inference.tiling import TilingSpec
 from tests.training.trainer_helpers import prepared_fake, tiny_config
 from training.datasets import DATASET_INFOS
 from training.evaluate import main as evaluate_main
-from training.evaluate import metrics_summary, score_confusion
+from training.evaluate import metrics_summary, score_confusion, write_metrics_json
 from training.inference import ModuleShapes, module_predictor, predict_image
 from training.train import main as train_main
 
@@ -53,6 +53,37 @@ def test_isprs_protocol_leaves_clutter_out_of_the_means_but_not_out_of_oa() -> N
     assert summary["miou"] == pytest.approx((0.5 + 1 + 1 + 1 + 1) / 5)
     assert summary["miou_all"] == pytest.approx((0.5 + 1 + 1 + 1 + 1 + 0) / 6)
     assert summary["oa"] == pytest.approx(50 / 60)
+
+
+def test_isprs_paper_mf1_leaves_clutter_out_too() -> None:
+    confusion = np.diag([10, 10, 10, 10, 10, 0]).astype(np.int64)
+    confusion[5, 0] = 10  # F1(imp. surf.) = 2 * 10 / (20 + 10) = 2/3, F1(clutter) = 0
+    scores = score_confusion(confusion, DATASET_INFOS["potsdam"])
+    assert scores.mf1 == pytest.approx((2 / 3 + 4) / 5)
+    assert [scores.class_names[i] for i in scores.eval_classes] == [
+        "impervious_surface", "building", "low_vegetation", "tree", "car",
+    ]  # fmt: skip
+
+
+def test_loveda_means_cover_all_seven_classes() -> None:
+    confusion = np.diag([5, 5, 5, 5, 5, 5, 0]).astype(np.int64)
+    confusion[6, 0] = 5
+    summary = metrics_summary(score_confusion(confusion, DATASET_INFOS["loveda"]))
+    assert summary["miou"] == pytest.approx((0.5 + 5 + 0) / 7)
+    assert "miou_all" not in summary  # the protocol already averages over every class
+
+
+def test_metrics_json_is_strict_json(tmp_path: Path) -> None:
+    confusion = np.diag([10, 10, 10, 10, 10, 0]).astype(np.int64)
+    confusion[5, 0] = 10
+    path = write_metrics_json(score_confusion(confusion, DATASET_INFOS["potsdam"]), tmp_path / "m.json", split="x")
+
+    def no_constants(name: str) -> None:
+        raise AssertionError(f"{name} in strict JSON")
+
+    report = json.loads(path.read_text(), parse_constant=no_constants)
+    assert report["per_class"]["clutter"]["precision"] is None  # never predicted: 0/0 -> null, not NaN
+    assert report["summary"]["miou"] == pytest.approx(0.9) and report["split"] == "x"
 
 
 @pytest.fixture(scope="module")

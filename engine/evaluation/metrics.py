@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 
 __all__ = ["ConfusionMatrixAccumulator", "SegmentationMetrics", "confusion_matrix"]
 

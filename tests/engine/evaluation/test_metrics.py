@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.errors import InvalidInputError
-from engine.metrics import ConfusionMatrixAccumulator, SegmentationMetrics, confusion_matrix
+from engine.evaluation.metrics import ConfusionMatrixAccumulator, SegmentationMetrics, confusion_matrix
 
 NAMES3 = ("a", "b", "c")
 # rows = reference, columns = prediction
@@ -67,6 +67,21 @@ def test_accumulator_sums_blocks_like_one_big_matrix():
     np.testing.assert_array_equal(acc.matrix, confusion_matrix(pred, target, 3, 3))
     acc.reset()
     assert acc.matrix.sum() == 0
+
+
+def test_accumulator_counts_batches_and_drops_the_ignore_index():
+    # (B, H, W) batches of different sizes, 255 = unlabelled; counted by hand.
+    acc = ConfusionMatrixAccumulator(num_classes=6, ignore_index=255)
+    acc.update(np.array([[[0, 1], [0, 3]]]), np.array([[[0, 1], [5, 255]]]))
+    acc.update(np.array([[[1]]]), np.array([[[1]]]))
+    expected = np.zeros((6, 6), np.int64)
+    expected[0, 0] = 1
+    expected[1, 1] = 2
+    expected[5, 0] = 1
+    np.testing.assert_array_equal(acc.matrix, expected)
+    scores = SegmentationMetrics.from_confusion(acc.matrix, [str(i) for i in range(6)])
+    assert scores.oa == pytest.approx(3 / 4)
+    assert math.isnan(scores.iou[2])  # absent everywhere
 
 
 def test_scores_match_hand_computed_values():
