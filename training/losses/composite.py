@@ -123,7 +123,8 @@ class BiCoRSegLoss:
             + λ_FD·Σ_l α_l·FD_l + [has_fisher_loss] w_last·FD_L [+ λ_d·Lossd(seg)]
 
     Terms whose inputs the output lacks (``aux_logits``, ``heatmaps``, ``class_embeddings`` in eval mode) are
-    left out. The Fisher terms are 0 (with one logged warning) for a batch of one image.
+    left out. Under ``torchrun`` the Fisher terms use the images of all processes (the global batch); they are 0
+    (with one logged warning) when that batch holds one image.
 
     Args:
         cfg: Weights and options.
