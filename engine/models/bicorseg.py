@@ -108,6 +108,8 @@ class BiCoRSeg(SegmentationModel):
     (CE_1..CE_L, each (B, N, E)) and ``initial_class_embeddings`` CE0 (N, E).
     """
 
+    encoder_prefixes = ("encoder.",)
+
     def __init__(
         self,
         encoder: nn.Module,

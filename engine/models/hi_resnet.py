@@ -209,6 +209,9 @@ class HiResNet(SegmentationModel):
         config: The architecture.
     """
 
+    #: The multi-branch trunk (everything but the coarse / ASP-OCR heads and the classifier).
+    encoder_prefixes = ("stem.", "funnel.", "first_transition.", "new_branches.", "stages.")
+
     def __init__(self, num_classes: int, config: HiResNetConfig = HI_RESNET) -> None:
         super().__init__()
         if num_classes < 1:
