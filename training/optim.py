@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import nn
 from torch.optim import Optimizer
 
 from engine.errors import InvalidInputError
+from engine.models.base import SegmentationModel
 
 from .config import OptimConfig
 
@@ -79,9 +80,8 @@ class Lookahead(Optimizer):
 
 def _encoder_test(model: nn.Module) -> Callable[[str], bool]:
     """Which parameter names are the encoder's: the model's own declaration, else the generic ``backbone.``."""
-    declared = getattr(model, "is_encoder_parameter", None)
-    if callable(declared) and getattr(model, "encoder_prefixes", ()):
-        return cast(Callable[[str], bool], declared)
+    if isinstance(model, SegmentationModel) and model.encoder_prefixes:
+        return model.is_encoder_parameter
     return lambda name: name.startswith("backbone.")
 
 
