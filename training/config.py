@@ -135,7 +135,8 @@ class OptimConfig:
         lr: Peak learning rate (reached at the end of warm-up).
         weight_decay: AdamW decoupled weight decay (not applied to biases and norm parameters).
         betas: AdamW betas.
-        backbone_lr_mult: Learning-rate multiplier for parameters under ``backbone.`` (1 = one group).
+        backbone_lr_mult: Learning-rate multiplier for the model's encoder (its ``encoder_prefixes``: BiCoR-Seg's
+            ``encoder.``, Hi-ResNet's trunk; ``backbone.`` for other modules); 1 = one rate.
         lookahead: Wrap AdamW in Lookahead.
         lookahead_k: Lookahead synchronisation period in optimizer steps.
         lookahead_alpha: Lookahead slow-weight step size.

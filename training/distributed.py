@@ -15,10 +15,21 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from numpy.typing import NDArray
+from torch import Tensor
 
 from engine.errors import BackendUnavailableError
 
-__all__ = ["Distributed", "all_reduce_sum", "broadcast_flag", "select_device", "setup_distributed"]
+__all__ = [
+    "Distributed",
+    "all_reduce_sum",
+    "broadcast_flag",
+    "mean_over_ranks",
+    "process_group_size",
+    "scale_rank_gradient",
+    "select_device",
+    "setup_distributed",
+    "sum_over_ranks",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -95,3 +106,53 @@ def broadcast_flag(flag: bool, ctx: Distributed) -> bool:
     tensor = torch.tensor([1 if flag else 0], dtype=torch.int64, device=ctx.device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return bool(tensor.item())
+
+
+def mean_over_ranks(value: float, ctx: Distributed) -> float:
+    """Mean of a per-process number over all processes (the logged training loss of every shard, not rank 0's)."""
+    if ctx.world_size == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return float(tensor.item()) / ctx.world_size
+
+
+def process_group_size() -> int:
+    """Processes in the default group, 1 when none was joined (losses ask this, they get no ``Distributed``)."""
+    if dist.is_available() and dist.is_initialized():
+        return int(dist.get_world_size())
+    return 1
+
+
+def sum_over_ranks(tensor: Tensor) -> Tensor:
+    """Element-wise sum over all processes whose gradient flows into this process's own contribution only.
+
+    The value is the global sum on every process. Backward stays local (no collective in the backward pass, so it
+    cannot interleave with DDP's gradient buckets): each process differentiates through its own term, and the
+    processes' gradients add up to the gradient of the global expression. DDP *averages* gradients, so a loss
+    built from such sums must also go through :func:`scale_rank_gradient`.
+
+    Args:
+        tensor: This process's contribution (any shape, same on all processes).
+
+    Returns:
+        The global sum, attached to ``tensor``'s graph.
+    """
+    if process_group_size() == 1:
+        return tensor
+    total = tensor.detach().clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return tensor + (total - tensor.detach())
+
+
+def scale_rank_gradient(loss: Tensor) -> Tensor:
+    """Same value, gradient times the world size: undoes DDP's averaging for a loss that is already global.
+
+    A loss computed from :func:`sum_over_ranks` statistics is the same number on every process and each process's
+    backward yields its share of the global gradient; DDP divides the sum of shares by the world size, which this
+    factor cancels.
+    """
+    world = process_group_size()
+    if world == 1:
+        return loss
+    return loss * world - loss.detach() * (world - 1)

@@ -9,6 +9,9 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from engine.errors import InvalidInputError
+from engine.models.base import SegmentationModel
+
 from .config import OptimConfig
 
 __all__ = ["Lookahead", "build_optimizer", "set_learning_rate"]
@@ -75,19 +78,36 @@ class Lookahead(Optimizer):
                 self.state[param]["slow"] = slow.to(device=param.device, dtype=param.dtype)
 
 
+def _encoder_test(model: nn.Module) -> Callable[[str], bool]:
+    """Which parameter names are the encoder's: the model's own declaration, else the generic ``backbone.``."""
+    if isinstance(model, SegmentationModel) and model.encoder_prefixes:
+        return model.is_encoder_parameter
+    return lambda name: name.startswith("backbone.")
+
+
 def _param_groups(model: nn.Module, config: OptimConfig) -> list[dict[str, Any]]:
-    """Split parameters into (backbone or not) x (decayed or not) groups, dropping empty ones."""
+    """Split parameters into (encoder or not) x (decayed or not) groups, dropping empty ones.
+
+    Raises:
+        InvalidInputError: If ``backbone_lr_mult`` is not 1 but no parameter belongs to an encoder (the option
+            would silently do nothing).
+    """
+    is_encoder = _encoder_test(model)
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         # Biases and normalisation weights are 1-D; decaying them only hurts (standard AdamW practice).
         decay = param.ndim > 1
-        backbone = name.startswith("backbone.")
-        groups.setdefault((backbone, decay), []).append(param)
+        groups.setdefault((is_encoder(name), decay), []).append(param)
+    if config.backbone_lr_mult != 1.0 and not any(encoder for encoder, _ in groups):
+        raise InvalidInputError(
+            f"optim.backbone_lr_mult={config.backbone_lr_mult:g} but {type(model).__name__} declares no encoder "
+            "parameters (encoder_prefixes); set optim.backbone_lr_mult=1."
+        )
     out = []
-    for (backbone, decay), params in sorted(groups.items()):
-        mult = config.backbone_lr_mult if backbone else 1.0
+    for (encoder, decay), params in sorted(groups.items()):
+        mult = config.backbone_lr_mult if encoder else 1.0
         out.append(
             {
                 "params": params,
@@ -102,8 +122,9 @@ def _param_groups(model: nn.Module, config: OptimConfig) -> list[dict[str, Any]]
 def build_optimizer(model: nn.Module, config: OptimConfig) -> Optimizer:
     """AdamW over the model's trainable parameters, wrapped in :class:`Lookahead` when configured.
 
-    Every parameter group carries ``lr_mult`` (the backbone multiplier or 1), which
-    :func:`set_learning_rate` applies.
+    Every parameter group carries ``lr_mult`` (``optim.backbone_lr_mult`` for the model's declared encoder,
+    :attr:`~engine.models.base.SegmentationModel.encoder_prefixes`, else 1), which :func:`set_learning_rate`
+    applies.
     """
     optimizer: Optimizer = torch.optim.AdamW(_param_groups(model, config), lr=config.lr, betas=config.betas)
     if config.lookahead:

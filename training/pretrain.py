@@ -1,5 +1,8 @@
 """Self-supervised backbone pre-training with MoCo v2: ``python -m training.pretrain IMAGES -o backbone.pt``.
 
+``--config training/configs/pretrain/millionaid_hi_resnet_moco.yaml`` takes the option values of the Hi-ResNet
+paper's MoCo v2 run (Table III) from a file; command-line options override them.
+
 MoCo v2 (He et al. 2020; Chen et al. 2020): two augmented views of each image go through a query encoder and
 a momentum (key) encoder whose weights trail the query encoder's (``m = 0.999``). The InfoNCE loss asks each
 query to pick its own key among the current keys of the other images plus a queue of older keys
@@ -116,8 +119,33 @@ def load_backbone_weights(model: nn.Module, path: Path) -> BackboneLoadReport:
 # --- Command line -----------------------------------------------------------------------------------------------------
 
 
+def _config_defaults(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """Option values from a YAML file (keys = option names with ``_``, e.g. ``batch_size``; ``model_options``)."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise InvalidInputError(f"Cannot read the pre-training config '{path}': {exc}") from exc
+    if not isinstance(raw, dict):
+        raise InvalidInputError(f"Pre-training config '{path}' must be a mapping of option names to values.")
+    values = dict(raw)
+    options = values.pop("model_options", None) or {}
+    if not isinstance(options, dict):
+        raise InvalidInputError(f"'model_options' in '{path}' must be a mapping, e.g. {{in_channels: 4}}.")
+    known = {action.dest for action in parser._actions} - {"help", "images", "output", "config", "model_option"}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InvalidInputError(f"Unknown keys {unknown} in '{path}'; valid keys: {', '.join(sorted(known))}.")
+    values["model_option"] = [f"{key}={json.dumps(value)}" for key, value in options.items()]
+    return values
+
+
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.pretrain", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=None,
+                        help="YAML file of option values (e.g. training/configs/pretrain/*.yaml); "
+                             "options given on the command line win")  # fmt: skip
     parser.add_argument("images", type=Path, help="folder of images (searched recursively)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="backbone weights file to write (.pt)")
     parser.add_argument("--model", default="hi_resnet", help="model whose backbone is pre-trained (engine.models)")
@@ -135,6 +163,14 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--seed", type=int, default=42)
+    known, _ = parser.parse_known_args(argv)
+    if known.config is not None:
+        defaults = _config_defaults(known.config, parser)
+        extra = defaults.pop("model_option")
+        parser.set_defaults(**defaults)
+        args = parser.parse_args(argv)
+        args.model_option = [*extra, *args.model_option]  # command-line options come last and so win
+        return args
     return parser.parse_args(argv)
 
 

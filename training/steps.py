@@ -18,7 +18,7 @@ from tqdm import tqdm
 from engine.errors import BiCoRSegError
 from engine.models.outputs import SegmentationOutput
 from training.config import TrainConfig
-from training.distributed import Distributed, broadcast_flag
+from training.distributed import Distributed, broadcast_flag, mean_over_ranks
 from training.optim import set_learning_rate
 from training.run_log import RunLog
 from training.transforms import cutmix_batch
@@ -191,8 +191,8 @@ def train_one_epoch(
         loss_sum += step_loss
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
-        if state.step % config.run.log_every_steps == 0:
-            log.log_step(state.step, {"loss": step_loss, "lr": lr})
+        if state.step % config.run.log_every_steps == 0:  # every process gets here at the same step
+            log.log_step(state.step, {"loss": mean_over_ranks(step_loss, dist_ctx), "lr": lr})
         if config.run.max_steps and state.step >= config.run.max_steps:
             stop_reason = f"run.max_steps={config.run.max_steps} reached"
         elif broadcast_flag(out_of_time(), dist_ctx):

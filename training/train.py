@@ -35,7 +35,7 @@ from engine.evaluation.metrics import SegmentationMetrics
 from engine.models import create_model
 from training.checkpoints import load_training_checkpoint, save_checkpoint, unwrap_model
 from training.config import TrainConfig, config_to_dict, load_config, save_config
-from training.distributed import Distributed, all_reduce_sum, broadcast_flag, setup_distributed
+from training.distributed import Distributed, all_reduce_sum, broadcast_flag, mean_over_ranks, setup_distributed
 from training.evaluate import card_metrics, metrics_summary, score_confusion, validate, write_metrics_json
 from training.losses import LossConfig, build_loss
 from training.optim import build_optimizer
@@ -199,9 +199,11 @@ def _fit(config: TrainConfig, dist_ctx: Distributed) -> Path:
         )  # fmt: skip
         state.epoch = epoch + 1
         last_epoch = state.epoch == config.schedule.epochs or result.stopped_early
+        # Each process saw its own shard: log the mean over processes, not rank 0's share.
         row: dict[str, Any] = {"epoch": state.epoch, "step": state.step, "lr": result.last_lr,
-                               "train_loss": result.mean_loss}  # fmt: skip
-        row.update({f"train_{k}": v for k, v in result.mean_parts.items() if k != "total"})
+                               "train_loss": mean_over_ranks(result.mean_loss, dist_ctx)}  # fmt: skip
+        row.update({f"train_{k}": mean_over_ranks(v, dist_ctx)
+                    for k, v in sorted(result.mean_parts.items()) if k != "total"})  # fmt: skip
         if state.epoch % config.run.val_every_epochs == 0 or last_epoch:
             # Every process predicts its share of the whole validation images; the confusion matrices are summed.
             values, scores = _validation_scores(model, data, config, device, use_amp, dist_ctx)

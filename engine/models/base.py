@@ -63,10 +63,17 @@ class SegmentationModel(nn.Module):
     Attributes:
         in_channels: Number of input bands C the model expects.
         size_divisor_px: Input height and width must be multiples of this.
+        encoder_prefixes: Name prefixes (``named_parameters``) of the model's encoder / backbone, so a trainer can
+            give it its own learning rate without knowing the architecture; empty when the model has none.
     """
 
     in_channels: int
     size_divisor_px: int
+    encoder_prefixes: tuple[str, ...] = ()
+
+    def is_encoder_parameter(self, name: str) -> bool:
+        """Whether the parameter called ``name`` (as in ``named_parameters``) belongs to the encoder."""
+        return bool(self.encoder_prefixes) and name.startswith(self.encoder_prefixes)
 
     def check_input(self, x: Tensor) -> None:
         """Raise :class:`InvalidInputError` if ``x`` is not a (B, in_channels, H, W) batch of valid size.

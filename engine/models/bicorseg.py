@@ -77,7 +77,8 @@ class PixelShuffleUpsampler(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.shuffle1 = nn.PixelShuffle(2)
-        self.norm = LayerNorm2d(channels // 4, eps=1e-5)
+        # eps 1e-6 as in the authors' upsampler, so their checkpoints give their logits (1e-5 moved them by ~1e-4).
+        self.norm = LayerNorm2d(channels // 4, eps=1e-6)
         self.shuffle2 = nn.PixelShuffle(2)
         self.act = nn.GELU()
 
@@ -106,6 +107,8 @@ class BiCoRSeg(SegmentationModel):
     (B, N, H/4, W/4)) always; in training mode also ``aux_logits`` (B, N, H, W), ``class_embeddings``
     (CE_1..CE_L, each (B, N, E)) and ``initial_class_embeddings`` CE0 (N, E).
     """
+
+    encoder_prefixes = ("encoder.",)
 
     def __init__(
         self,

@@ -3,32 +3,40 @@
 Paper: Jinghao Shi et al., "BiCoR-Seg: Bidirectional Co-Refinement Framework for High-Resolution Remote Sensing
 Image Segmentation", Computational Visual Media 2026 (arXiv:2512.20255).
 
-Clean-room note and ASSUMPTION: the authors' repository (no licence) was not read for this module. The project's
-spec describes their model's *structure* (torchvision ConvNeXt ``features`` as encoder; per-scale projectors; a 1x1
-fusion conv; the class table CE0; per HBIS layer LN_d, LN_f, W_q, V, MLP_g, MLP_c, W_gamma, W_beta; an upsampler with
-one LayerNorm; two E -> E/16 classifiers) but not its exact key names. The layout below is therefore *inferred*
-from those names and from the spec's notation, and each of our modules accepts a few plausible spellings
-(:data:`AUTHORS_LAYOUT`). When a real checkpoint uses other names, pass ``extra_renames`` (regex -> replacement,
-applied first, turning their names into one of the accepted spellings) instead of editing this module; the report
-lists exactly which keys were not understood. Assumed layout, with E = 256, N classes, s = scale, l = layer:
+Clean-room note: the authors' repository has no licence, so no code was taken from it. Its model file
+(``network/models/bicor.py``, class ``BiCoRSegModel``) was *read* for its module names and tensor shapes only,
+which are facts about their checkpoints. Their network keeps torchvision's ConvNeXt as
+``encoder = Sequential(features, avgpool)``, per-scale ``FeatureProjector`` modules (one ``nn.Linear`` named
+``proj``), a 1x1 ``feature_aggregator`` and a ``decoder`` holding the class dictionary (an ``nn.Embedding``), the
+HBIS stack, the upsampler and the two classifiers. With E the embedding width, N classes, c_s the encoder width
+of scale s and l an HBIS layer (ConvNeXt-Base, N = 6, E = 256, L = 3 gives 408 tensors):
 
-=======================================  ==========================================  ==========================
-authors' key (assumed)                   shape                                       ours
-=======================================  ==========================================  ==========================
-``backbone.<torchvision features key>``  e.g. ``backbone.1.0.block.0.weight``        ``encoder.<native key>``
-``projs.{s}.weight`` / ``.bias``          (E, c_s) Linear / (E,)                      ``projectors.{s}.*``
-``fuse.weight``                          (E, 4E, 1, 1)                               ``fuse.weight``
-``ce0``                                  (N, E)                                      ``class_embed``
-``hbis.{l}.ln_d.*`` / ``ln_f.*``         (E,)                                        ``layers.{l}.norm_embed/norm_feat``
-``hbis.{l}.w_q.weight``                  (E, E)                                      ``layers.{l}.query.weight``
-``hbis.{l}.v.weight``                    (E, E, 1, 1)                                ``layers.{l}.value.weight``
-``hbis.{l}.mlp_g.{0,2}.*``               Linear 2E->E, E->E                          ``layers.{l}.gate.{0,2}.*``
-``hbis.{l}.mlp_c.{0,2}.*``               Linear E->E twice                           ``layers.{l}.candidate.{0,2}.*``
-``hbis.{l}.w_gamma.*`` / ``w_beta.*``     Linear E->E                                 ``layers.{l}.film_gamma/beta``
-``upsampler.1.*``                        (E/4,) the LayerNorm after PixelShuffle     ``upsampler.norm.*``
-``classifier.weight``                    (E/16, E)                                   ``classifier.weight``
-``aux_classifier.weight``                (E/16, E)                                   ``aux_classifier.weight``
-=======================================  ==========================================  ==========================
+===================================================  =======================  ==================================
+authors' key                                         shape                    ours
+===================================================  =======================  ==================================
+``encoder.0.<torchvision features key>``             e.g. ``encoder.0.1.0``   ``encoder.<native key>``
+                                                     ``.block.0.weight``
+``proj_layers.{s}.proj.weight`` / ``.bias``          (E, c_s) Linear / (E,)   ``projectors.{s}.*`` (1x1 conv)
+``feature_aggregator.weight``                        (E, 4E, 1, 1)            ``fuse.weight``
+``decoder.class_dict.class_embed.weight``            (N, E) Embedding         ``class_embed``
+``decoder.bicor_stack.layers.{l}.dict_ln.*``         (E,) LayerNorm of CE     ``layers.{l}.norm_embed.*``
+``decoder.bicor_stack.layers.{l}.feat_ln.*``         (E,) LayerNorm of F      ``layers.{l}.norm_feat.*``
+``decoder.bicor_stack.layers.{l}.dict_to_feat``      (E, E) Linear, no bias   ``layers.{l}.query.weight``
+``decoder.bicor_stack.layers.{l}.feat_to_dict``      (E, E, 1, 1), no bias    ``layers.{l}.value.weight``
+``decoder.bicor_stack.layers.{l}.gate_mlp.{0,2}.*``  Linear 2E->E, E->E       ``layers.{l}.gate.{0,2}.*``
+``decoder.bicor_stack.layers.{l}.cand_mlp.{0,2}.*``  Linear E->E twice        ``layers.{l}.candidate.{0,2}.*``
+``decoder.bicor_stack.layers.{l}.gamma_proj.*``      Linear E->E              ``layers.{l}.film_gamma.*``
+``decoder.bicor_stack.layers.{l}.beta_proj.*``       Linear E->E              ``layers.{l}.film_beta.*``
+``decoder.upsampler.1.*``                            (E/4,) LayerNorm2d       ``upsampler.norm.*``
+``decoder.classifier_proj.weight``                   (E/16, E)                ``classifier.weight``
+``decoder.static_classifier.weight``                 (E/16, E)                ``aux_classifier.weight``
+===================================================  =======================  ==================================
+
+The authors' gate MLP ends in an ``nn.Sigmoid`` at index 3 (no weights); ours applies the sigmoid outside the
+``Sequential``, so indices 0 and 2 line up. Their upsampler's LayerNorm2d uses eps 1e-6 and their HBIS
+LayerNorms torch's default 1e-5, as ours do. When a checkpoint uses yet other names, pass ``extra_renames``
+(regex -> replacement, applied first, turning their names into the ones above); the report lists exactly which
+keys were not understood.
 
 Tensors whose element count matches but whose shape differs (Linear vs 1x1 conv) are reshaped. Lightning / DDP
 wrappers (``net.``, ``model.``, ``module.``) are stripped first, since the code base descends from GeoSeg, whose
@@ -53,26 +61,28 @@ __all__ = ["AUTHORS_LAYOUT", "RemapReport", "load_original_checkpoint", "remap_o
 
 logger = logging.getLogger(__name__)
 
-_HBIS = r"^(?:hbis|hbis_layers|layers|blocks)\.(\d+)"
+_HBIS = r"^decoder\.bicor_stack\.layers\.(\d+)"
 #: (regex on the authors' key after wrapper stripping, replacement giving our key). First match wins.
 AUTHORS_LAYOUT: tuple[tuple[str, str], ...] = (
-    (r"^(?:projs|proj|projectors|projections)\.(\d+)\.(weight|bias)$", r"projectors.\1.\2"),
-    (r"^(?:fuse|fusion|linear_fuse)\.(?:0\.)?weight$", r"fuse.weight"),
-    (r"^(?:ce0|class_embed|class_embedding|class_dict|dictionary)(?:\.weight)?$", r"class_embed"),
-    (_HBIS + r"\.(?:ln_d|norm_d)\.(weight|bias)$", r"layers.\1.norm_embed.\2"),
-    (_HBIS + r"\.(?:ln_f|norm_f)\.(weight|bias)$", r"layers.\1.norm_feat.\2"),
-    (_HBIS + r"\.(?:w_q|q_proj|query)\.weight$", r"layers.\1.query.weight"),
-    (_HBIS + r"\.(?:v|v_proj|value)\.weight$", r"layers.\1.value.weight"),
-    (_HBIS + r"\.(?:mlp_g|gate)\.([02])\.(weight|bias)$", r"layers.\1.gate.\2.\3"),
-    (_HBIS + r"\.(?:mlp_c|cand|candidate)\.([02])\.(weight|bias)$", r"layers.\1.candidate.\2.\3"),
-    (_HBIS + r"\.(?:w_gamma|film_gamma|gamma)\.(weight|bias)$", r"layers.\1.film_gamma.\2"),
-    (_HBIS + r"\.(?:w_beta|film_beta|beta)\.(weight|bias)$", r"layers.\1.film_beta.\2"),
-    (r"^(?:upsampler|upsample|up)\.(?:1|norm)\.(weight|bias)$", r"upsampler.norm.\1"),
-    (r"^(?:classifier|cls|seg_classifier)\.weight$", r"classifier.weight"),
-    (r"^(?:aux_classifier|aux_cls|aux_head)\.weight$", r"aux_classifier.weight"),
+    (r"^proj_layers\.(\d+)\.proj\.(weight|bias)$", r"projectors.\1.\2"),
+    (r"^feature_aggregator\.weight$", r"fuse.weight"),
+    (r"^decoder\.class_dict\.class_embed\.weight$", r"class_embed"),
+    (_HBIS + r"\.dict_ln\.(weight|bias)$", r"layers.\1.norm_embed.\2"),
+    (_HBIS + r"\.feat_ln\.(weight|bias)$", r"layers.\1.norm_feat.\2"),
+    (_HBIS + r"\.dict_to_feat\.weight$", r"layers.\1.query.weight"),
+    (_HBIS + r"\.feat_to_dict\.weight$", r"layers.\1.value.weight"),
+    (_HBIS + r"\.gate_mlp\.([02])\.(weight|bias)$", r"layers.\1.gate.\2.\3"),
+    (_HBIS + r"\.cand_mlp\.([02])\.(weight|bias)$", r"layers.\1.candidate.\2.\3"),
+    (_HBIS + r"\.gamma_proj\.(weight|bias)$", r"layers.\1.film_gamma.\2"),
+    (_HBIS + r"\.beta_proj\.(weight|bias)$", r"layers.\1.film_beta.\2"),
+    (r"^decoder\.upsampler\.1\.(weight|bias)$", r"upsampler.norm.\1"),
+    (r"^decoder\.classifier_proj\.weight$", r"classifier.weight"),
+    (r"^decoder\.static_classifier\.weight$", r"aux_classifier.weight"),
 )
 _COMPILED = tuple((re.compile(pattern), repl) for pattern, repl in AUTHORS_LAYOUT)
-_BACKBONE = re.compile(r"^(?:backbone|encoder)\.(?:features\.)?(.+)$")
+#: ``encoder`` is ``Sequential(convnext.features, convnext.avgpool)``, so the torchvision ``features`` keys sit
+#: under ``encoder.0.``; they are handed to the ConvNeXt loader's torchvision rules as ``features.<rest>``.
+_BACKBONE = re.compile(r"^encoder\.0\.(.+)$")
 _WRAPPERS = ("module.", "model.", "net.")
 
 
@@ -106,8 +116,8 @@ def remap_original_checkpoint(
 
     Args:
         state_dict: The authors' tensors (wrappers ``net.`` / ``model.`` / ``module.`` are stripped).
-        extra_renames: Regex -> replacement pairs applied to every key first (``re.sub``), to adapt a real
-            checkpoint whose names differ from the assumed layout.
+        extra_renames: Regex -> replacement pairs applied to every key first (``re.sub``), to adapt a
+            checkpoint whose names differ from the authors' layout.
 
     Returns:
         ``(renamed, origin, unmatched)``: tensors under our names, our name -> the original key, and the
@@ -133,9 +143,7 @@ def remap_original_checkpoint(
         else:
             unmatched.append(original)
     if backbone:
-        # A torchvision ``features`` Sequential stored on its own has keys "0.0.weight", ...; put the
-        # "features." back so the torchvision rules (or the detection of a timm/original layout) apply.
-        keys = {k if not k[0].isdigit() else f"features.{k}": v for k, v in backbone.items()}
+        keys = {f"features.{k}": v for k, v in backbone.items()}
         tensors = {k: v for k, (_, v) in keys.items()}
         layout = detect_convnext_layout(tensors)
         for key, (original, value) in keys.items():

@@ -10,7 +10,7 @@ decisions H1-H10 are followed; the IA block is a reconstruction (the public code
 
 Topology (paper config, 512 x 512 input)::
 
-    stem: 2 x [3x3 conv s2 -> BN -> GELU]            64 @ 128^2
+    stem: 2 x [BN -> 3x3 conv s2 -> GELU]            64 @ 128^2  (stem_norm="post": conv -> BN -> GELU)
     funnel: 4 IB blocks                              256 @ 128^2
     transition 1 -> 2 branches                       48 @ 128^2, 96 @ 64^2
     stage 2: 1 module of 4 IA blocks per branch
@@ -89,6 +89,10 @@ class HiResNetConfig:
         drop_path_rate: Largest stochastic-depth rate of the linear schedule (see :func:`drop_path_schedule`).
         drop_path_slots: Length of the linear schedule (24 in the authors' code).
         layer_scale_init: Initial residual scale of the IB blocks.
+        stem_norm: Where the two stride-2 stem convs put BatchNorm: ``"pre"`` (BN -> conv -> GELU, the paper's
+            section III-A: "during the network downsampling, the BN layer was placed before the convolution") or
+            ``"post"`` (conv -> BN -> GELU, the authors' code). The paper configuration uses ``"pre"``; the small
+            and CA variants keep ``"post"`` so their existing checkpoints (state-dict keys) still load.
     """
 
     in_channels: int = 3
@@ -112,6 +116,7 @@ class HiResNetConfig:
     drop_path_rate: float = 0.5
     drop_path_slots: int = 24
     layer_scale_init: float = 1e-6
+    stem_norm: Literal["pre", "post"] = "pre"
 
     def __post_init__(self) -> None:
         """Check the fields fit together; messages name the field and the fix."""
@@ -131,6 +136,8 @@ class HiResNetConfig:
                 raise InvalidInputError(
                     f"Hi-ResNet branch widths {bad} are not multiples of head_dim={self.head_dim}; change either."
                 )
+        if self.stem_norm not in ("pre", "post"):
+            raise InvalidInputError(f"Hi-ResNet option 'stem_norm' is '{self.stem_norm}'; use 'pre' or 'post'.")
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise InvalidInputError("Hi-ResNet option 'drop_path_rate' must be in [0, 1).")
 
@@ -165,9 +172,11 @@ HI_RESNET_SMALL = HiResNetConfig(
     ocr_key_channels=32,
     aspp_dilations=(12, 24, 36),
     drop_path_rate=0.2,
+    stem_norm="post",  # unchanged since its first release, so trained hi_resnet_small checkpoints keep loading
 )
-#: The authors' public-code block (conv + coordinate attention) at the paper's widths (spec 2.3, "Hi-ResNet-CA").
-HI_RESNET_CA = HiResNetConfig(block="ca")
+#: The authors' public-code block (conv + coordinate attention) at the paper's widths (spec 2.3, "Hi-ResNet-CA"),
+#: with their code's conv -> BN stem.
+HI_RESNET_CA = HiResNetConfig(block="ca", stem_norm="post")
 
 
 def drop_path_schedule(config: HiResNetConfig) -> tuple[list[float], list[list[float]]]:
@@ -209,6 +218,9 @@ class HiResNet(SegmentationModel):
         config: The architecture.
     """
 
+    #: The multi-branch trunk (everything but the coarse / ASP-OCR heads and the classifier).
+    encoder_prefixes = ("stem.", "funnel.", "first_transition.", "new_branches.", "stages.")
+
     def __init__(self, num_classes: int, config: HiResNetConfig = HI_RESNET) -> None:
         super().__init__()
         if num_classes < 1:
@@ -220,10 +232,16 @@ class HiResNet(SegmentationModel):
         funnel_rates, stage_rates = drop_path_schedule(config)
         widths = config.branch_channels
 
-        self.stem = nn.Sequential(
-            ConvBnAct(config.in_channels, config.stem_channels, 3, stride=2),
-            ConvBnAct(config.stem_channels, config.stem_channels, 3, stride=2),
-        )
+        if config.stem_norm == "pre":
+            self.stem = nn.Sequential(
+                _transition(config.in_channels, config.stem_channels, 2),
+                _transition(config.stem_channels, config.stem_channels, 2),
+            )
+        else:
+            self.stem = nn.Sequential(
+                ConvBnAct(config.in_channels, config.stem_channels, 3, stride=2),
+                ConvBnAct(config.stem_channels, config.stem_channels, 3, stride=2),
+            )
         self.funnel = nn.Sequential(
             *(
                 FunnelBlock(

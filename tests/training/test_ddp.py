@@ -48,3 +48,19 @@ def test_two_cpu_processes_train_in_step_and_only_rank_0_writes(tmp_path: Path) 
     checkpoint = torch.load(run_dir / "best.pt", weights_only=True)
     assert not any(key.startswith("module.") for key in checkpoint["state_dict"])  # saved unwrapped
     assert not list(run_dir.glob(".*.tmp*"))
+
+
+def test_bicorseg_fisher_terms_use_the_global_batch_with_one_image_per_process(tmp_path: Path) -> None:
+    root = prepared_fake("vaihingen", tmp_path / "data")
+    config = tiny_config(
+        tmp_path / "ddp.yaml",
+        model="bicorseg_small",
+        data={"name": "vaihingen", "root": str(root), "batch_size": 1},
+        run={"out_dir": str(tmp_path / "runs"), "name": "ddp", "max_val_images": 0},
+    )
+    mp.spawn(_worker, args=(2, _free_port(), str(config)), nprocs=2, join=True)
+    with (tmp_path / "runs" / "ddp" / "metrics.csv").open(newline="") as handle:
+        (row,) = list(csv.DictReader(handle))
+    # One image per process: a per-process Fisher ratio would be 0; over the global batch of 2 it is not.
+    fisher = [float(value) for key, value in row.items() if key.startswith("train_fisher_l")]
+    assert fisher and all(value > 0 for value in fisher)

@@ -139,3 +139,25 @@ def test_losses_of_an_all_ignored_batch_are_zero_and_differentiable():
     ):
         assert loss.item() == 0.0
         loss.backward()
+
+
+def test_label_smoothing_spread_over_other_classes_matches_hi_resnet_eq_4_by_hand() -> None:
+    import math
+
+    from training.losses import LossConfig
+    from training.losses.cross_entropy import label_smoothed_cross_entropy
+
+    # One labelled pixel (class 0) with softmax (1/7, 2/7, 4/7), one ignored pixel; ε = 0.1, K = 3.
+    logits = torch.tensor([0.0, math.log(2.0), math.log(4.0)]).reshape(1, 3, 1, 1).repeat(1, 1, 1, 2)
+    target = torch.tensor([[[0, 255]]])
+    # eq. 4: 0.9 * ln 7 + (0.1 / 2) * (ln 3.5 + ln 1.75)
+    paper = 0.9 * 1.945910149 + 0.05 * (1.252762968 + 0.559615788)
+    # GeoSeg / torch: 0.9 * ln 7 + (0.1 / 3) * (ln 7 + ln 3.5 + ln 1.75)
+    geoseg = 0.9 * 1.945910149 + (0.1 / 3) * (1.945910149 + 1.252762968 + 0.559615788)
+    others = label_smoothed_cross_entropy(logits, target, 0.1, 255, "valid", "others")
+    uniform = label_smoothed_cross_entropy(logits, target, 0.1, 255, "valid", "uniform")
+    assert float(others) == pytest.approx(paper, abs=1e-6)
+    assert float(uniform) == pytest.approx(geoseg, abs=1e-6)
+    assert LossConfig(num_classes=3).spread_for("hi_resnet") == "others"
+    assert LossConfig(num_classes=3).spread_for("bicorseg") == "uniform"
+    assert LossConfig(num_classes=3, smoothing_spread="uniform").spread_for("hi_resnet") == "uniform"

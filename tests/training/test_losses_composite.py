@@ -28,6 +28,12 @@ TWO_CLASS_LSCE = (
     - (0.95 * math.log(0.7) + 0.05 * math.log(0.3))
     - (0.05 * math.log(0.1) + 0.95 * math.log(0.9))
 ) / 3
+#: The same pixels under Hi-ResNet's eq. 4 (the family default): 1 - ε = 0.9 on the label, ε / (K - 1) = 0.1 else.
+TWO_CLASS_LSCE_EQ4 = (
+    -(0.1 * math.log(0.2) + 0.9 * math.log(0.8))
+    - (0.9 * math.log(0.7) + 0.1 * math.log(0.3))
+    - (0.1 * math.log(0.1) + 0.9 * math.log(0.9))
+) / 3
 
 
 def random_target(batch: int = 2, size: int = 16, seed: int = 0) -> torch.Tensor:
@@ -90,7 +96,9 @@ def test_hi_resnet_head_terms_match_hand_values():
     gd_only = HiResNetLoss(LossConfig(num_classes=2, head_weights=(1.0, 0.0, 0.0), coarse_weight=0.0))
     assert gd_only(output, TWO_CLASS_TARGET)[0].item() == pytest.approx(0.25)
     lsce_only = HiResNetLoss(LossConfig(num_classes=2, head_weights=(0.0, 1.0, 0.0)))
-    assert lsce_only(output, TWO_CLASS_TARGET)[0].item() == pytest.approx(2 * TWO_CLASS_LSCE, rel=1e-12)
+    assert lsce_only(output, TWO_CLASS_TARGET)[0].item() == pytest.approx(2 * TWO_CLASS_LSCE_EQ4, rel=1e-12)
+    geoseg = HiResNetLoss(LossConfig(num_classes=2, head_weights=(0.0, 1.0, 0.0), smoothing_spread="uniform"))
+    assert geoseg(output, TWO_CLASS_TARGET)[0].item() == pytest.approx(2 * TWO_CLASS_LSCE, rel=1e-12)
 
 
 def test_hi_resnet_cea_class_draw_is_reproducible_with_a_seed():

@@ -88,3 +88,32 @@ def test_lookahead_is_applied_when_configured() -> None:
     assert isinstance(optimizer, Lookahead)
     assert (optimizer.k, optimizer.alpha) == (4, 0.25)
     assert isinstance(optimizer.base, torch.optim.AdamW)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "encoder_roots"),
+    [
+        ("bicorseg_small", {"backbone": "atto", "embed_dim": 32}, {"encoder"}),
+        ("hi_resnet_small", {}, {"stem", "funnel", "first_transition", "new_branches", "stages"}),
+    ],
+)
+def test_backbone_lr_mult_acts_on_each_models_encoder(name: str, options: dict, encoder_roots: set[str]) -> None:
+    from engine.models import create_model
+
+    model = create_model(name, num_classes=3, **options)
+    optimizer = build_optimizer(model, OptimConfig(lr=1e-3, backbone_lr_mult=0.1))
+    set_learning_rate(optimizer, 2e-3)
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert len(lr_of) == len(named)
+    for param_name, param in named.items():
+        expected = 2e-4 if param_name.split(".")[0] in encoder_roots else 2e-3
+        assert lr_of[id(param)] == pytest.approx(expected), param_name
+    assert {round(lr, 8) for lr in lr_of.values()} == {2e-4, 2e-3}  # both groups exist
+
+
+def test_backbone_lr_mult_on_a_model_without_encoder_is_an_error() -> None:
+    from engine.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="backbone_lr_mult"):
+        build_optimizer(nn.Sequential(nn.Conv2d(3, 2, 1)), OptimConfig(backbone_lr_mult=0.1))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from .bicorseg import (
     FisherDiscriminantLoss,
     fisher_discriminant_loss,
+    fisher_statistics_loss,
     heatmap_supervision_losses,
     soft_ce_dice_loss,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "class_agnostic_edge_aware_loss",
     "distance_loss",
     "fisher_discriminant_loss",
+    "fisher_statistics_loss",
     "generalized_dice_loss",
     "heatmap_supervision_losses",
     "inside_outside_distances",

@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engine.errors import InvalidInputError
+from training.distributed import process_group_size, scale_rank_gradient, sum_over_ranks
 
 from .cross_entropy import label_smoothed_cross_entropy
 from .dice import soft_dice_loss
@@ -120,8 +122,52 @@ def fisher_discriminant_loss(embeddings: Tensor, between_floor: float = 1e-4, ep
     return within / (between.clamp_min(between_floor) + eps)
 
 
+def fisher_statistics_loss(embeddings: Tensor, between_floor: float = 1e-4, eps: float = 1e-6) -> tuple[Tensor, int]:
+    """The Fisher ratio of :func:`fisher_discriminant_loss` over the images of *all* processes.
+
+    Under ``torchrun`` each process holds only its share of the batch (one image per GPU for BiCoR on ISPRS with the
+    documented split), which alone has no within-class scatter. The ratio needs only global statistics, summed over
+    processes with :func:`~training.distributed.sum_over_ranks`: the image count B, the class sums Σ_b CE[b, n] (so
+    the global centres μ_n) and, in a second reduction, Σ_b ‖CE[b, n] - μ_n‖². The centres enter that scatter
+    detached: Σ_b (CE[b, n] - μ_n) = 0 makes its derivative through μ vanish, so the gradient stays exact without
+    sending every process's embeddings to every other. The result has the single-process value and (through
+    :func:`~training.distributed.scale_rank_gradient`) the single-process gradient under DDP's averaging. In one
+    process it equals :func:`fisher_discriminant_loss`.
+
+    Args:
+        embeddings: (B_local, N, E) class embeddings of one layer on this process (B_local may be 1 or even 0).
+        between_floor: Lower clamp of S_b.
+        eps: Added to the denominator.
+
+    Returns:
+        ``(FD, global_images)``; FD is a 0 attached to the graph when fewer than 2 images exist globally.
+
+    Raises:
+        InvalidInputError: If the shape is not (B, N >= 2, E).
+    """
+    if embeddings.dim() != 3 or embeddings.shape[1] < 2:
+        raise InvalidInputError(f"Fisher loss needs class embeddings (B, N >= 2, E), got {tuple(embeddings.shape)}.")
+    # float32 statistics: under AMP the embeddings may be float16, whose squared sums overflow quickly.
+    values = embeddings.float()
+    count = sum_over_ranks(torch.tensor(float(values.shape[0]), device=values.device))
+    images = round(float(count.detach()))
+    class_sums = sum_over_ranks(values.sum(dim=0))  # (N, E)
+    if images < 2:
+        return embeddings.sum() * 0.0, images  # every process takes this branch: the count is global
+    centres = class_sums / count
+    scatter = sum_over_ranks(((values - centres.detach()) ** 2).sum())
+    num_classes = centres.shape[0]
+    within = scatter / (count * num_classes)
+    pair_sq = ((centres.unsqueeze(0) - centres.unsqueeze(1)) ** 2).sum(dim=-1)
+    between = pair_sq.sum() / (num_classes * (num_classes - 1))
+    return scale_rank_gradient(within / (between.clamp_min(between_floor) + eps)), images
+
+
 class FisherDiscriminantLoss(nn.Module):
-    """Module form of :func:`fisher_discriminant_loss` that returns 0 (and warns once) when B = 1.
+    """Module form of the Fisher loss; under ``torchrun`` over the global batch, 0 (warned once) below 2 images.
+
+    In one process it is :func:`fisher_discriminant_loss` of the local batch; in a process group it is
+    :func:`fisher_statistics_loss`, so its value (and gradient) do not depend on how the batch is split.
 
     Args:
         between_floor: Lower clamp of S_b.
@@ -134,14 +180,22 @@ class FisherDiscriminantLoss(nn.Module):
         self.eps = eps
         self._warned_single_image = False
 
+    def _warn_single_image(self) -> None:
+        if not self._warned_single_image:
+            logger.warning(
+                "Fisher loss skipped: a batch of 1 image has no within-class scatter; "
+                "use batch size >= 2 with drop_last=True."
+            )
+            self._warned_single_image = True
+
     def forward(self, embeddings: Tensor) -> Tensor:
-        """FD of (B, N, E) embeddings; 0 (attached to the graph) for a batch of one image."""
+        """FD of (B, N, E) embeddings; 0 (attached to the graph) for a (global) batch of one image."""
+        if process_group_size() > 1:
+            loss, images = fisher_statistics_loss(embeddings, self.between_floor, self.eps)
+            if images < 2:
+                self._warn_single_image()
+            return loss
         if embeddings.dim() == 3 and embeddings.shape[0] == 1:
-            if not self._warned_single_image:
-                logger.warning(
-                    "Fisher loss skipped: a batch of 1 image has no within-class scatter; "
-                    "use batch size >= 2 with drop_last=True."
-                )
-                self._warned_single_image = True
+            self._warn_single_image()
             return embeddings.sum() * 0.0
         return fisher_discriminant_loss(embeddings, self.between_floor, self.eps)

@@ -61,12 +61,13 @@ class HiResNetLoss:
     def __init__(self, cfg: LossConfig) -> None:
         self.cfg = cfg
         self.smoothing = cfg.smoothing_for("hi_resnet")
+        self.spread = cfg.spread_for("hi_resnet")
         self.generator = None if cfg.cea_seed is None else torch.Generator().manual_seed(cfg.cea_seed)
 
     def _head(self, name: str, logits: Tensor, mask: Tensor, cea_class: int | None) -> tuple[Tensor, dict[str, float]]:
         cfg = self.cfg
         gd = generalized_dice_loss(logits, mask, cfg.ignore_index)
-        lsce = label_smoothed_cross_entropy(logits, mask, self.smoothing, cfg.ignore_index, "valid")
+        lsce = label_smoothed_cross_entropy(logits, mask, self.smoothing, cfg.ignore_index, "valid", self.spread)
         if cea_class is None:
             cea = logits.sum() * 0.0
         else:
@@ -123,7 +124,8 @@ class BiCoRSegLoss:
             + λ_FD·Σ_l α_l·FD_l + [has_fisher_loss] w_last·FD_L [+ λ_d·Lossd(seg)]
 
     Terms whose inputs the output lacks (``aux_logits``, ``heatmaps``, ``class_embeddings`` in eval mode) are
-    left out. The Fisher terms are 0 (with one logged warning) for a batch of one image.
+    left out. Under ``torchrun`` the Fisher terms use the images of all processes (the global batch); they are 0
+    (with one logged warning) when that batch holds one image.
 
     Args:
         cfg: Weights and options.

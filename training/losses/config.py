@@ -9,12 +9,17 @@ from typing import Literal
 from engine.errors import InvalidInputError
 from engine.model_card import NODATA_CLASS
 
+from .cross_entropy import SmoothingSpread
+
 #: The two loss recipes; model variant names map to them by prefix (see :func:`resolve_model_family`).
 ModelFamily = Literal["hi_resnet", "bicorseg"]
 
 #: Label smoothing used by each family when ``LossConfig.label_smoothing`` is None (Hi-ResNet LSCE 0.1; GeoSeg
 #: SoftCE 0.05).
 DEFAULT_LABEL_SMOOTHING: dict[str, float] = {"hi_resnet": 0.1, "bicorseg": 0.05}
+#: Where each family puts the smoothing mass when ``LossConfig.smoothing_spread`` is None: Hi-ResNet's eq. 4 spreads
+#: ε over the K-1 other classes; GeoSeg's SoftCE (BiCoR-Seg's code) over all K.
+DEFAULT_SMOOTHING_SPREAD: dict[str, SmoothingSpread] = {"hi_resnet": "others", "bicorseg": "uniform"}
 
 
 def resolve_model_family(model_name: str) -> ModelFamily:
@@ -48,6 +53,8 @@ class LossConfig:
         num_classes: K, the number of classes (>= 2).
         ignore_index: Label of ignored pixels; must not be a class index.
         label_smoothing: CE smoothing ε; None takes the family's value (Hi-ResNet 0.1, BiCoR-Seg 0.05).
+        smoothing_spread: Hi-ResNet's LSCE: ``"others"`` (ε/(K-1) on each wrong class, its paper's eq. 4, the
+            default) or ``"uniform"`` (ε/K on every class); BiCoR-Seg always uses GeoSeg's ``"uniform"`` SoftCE.
         geoseg_compat: BiCoR-Seg only: GeoSeg's means (SoftCE over all pixels, Dice over all classes, decision B10).
         head_weights: Hi-ResNet (GD, LSCE, CEA) weights of each head (paper: 0.3923, 0.3923, 0.2153).
         coarse_weight: Hi-ResNet weight of the coarse head's loss (paper: 1).
@@ -74,6 +81,7 @@ class LossConfig:
     num_classes: int
     ignore_index: int = NODATA_CLASS
     label_smoothing: float | None = None
+    smoothing_spread: SmoothingSpread | None = None
     geoseg_compat: bool = True
     head_weights: tuple[float, float, float] = (0.3923, 0.3923, 0.2153)
     coarse_weight: float = 1.0
@@ -109,6 +117,10 @@ class LossConfig:
             )
         if self.label_smoothing is not None and not 0.0 <= self.label_smoothing < 1.0:
             raise InvalidInputError(f"label_smoothing is {self.label_smoothing}; use a value in [0, 1) or None.")
+        if self.smoothing_spread not in (None, "uniform", "others"):
+            raise InvalidInputError(
+                f"smoothing_spread is {self.smoothing_spread!r}; use 'others' (Hi-ResNet), 'uniform' (GeoSeg) or None."
+            )
         if len(self.head_weights) != 3:
             raise InvalidInputError(f"head_weights has {len(self.head_weights)} entries; give three: (GD, LSCE, CEA).")
         for name in ("cea_max_distance_px", "lossd_max_iter"):
@@ -149,3 +161,7 @@ class LossConfig:
     def smoothing_for(self, family: ModelFamily) -> float:
         """The CE label smoothing of a family: ``label_smoothing`` if set, else the family default."""
         return DEFAULT_LABEL_SMOOTHING[family] if self.label_smoothing is None else self.label_smoothing
+
+    def spread_for(self, family: ModelFamily) -> SmoothingSpread:
+        """Where the family's label smoothing goes: ``smoothing_spread`` if set, else the family default."""
+        return DEFAULT_SMOOTHING_SPREAD[family] if self.smoothing_spread is None else self.smoothing_spread

@@ -236,3 +236,23 @@ def test_nearest_valid_size_is_a_close_multiple(size: int, divisor: int) -> None
     assert nearest % divisor == 0
     assert nearest >= divisor
     assert abs(nearest - size) <= max(divisor / 2, divisor - size)
+
+
+def test_paper_stem_puts_batch_norm_before_each_downsampling_conv() -> None:
+    from torch import nn
+
+    from engine.models import create_model
+
+    with torch.device("meta"):  # structure only: no memory, no init cost
+        paper = create_model("hi_resnet", num_classes=6)
+        small = create_model("hi_resnet_small", num_classes=6)
+    for block, in_channels in zip(paper.stem, (3, 64), strict=True):
+        norm, conv, act = block
+        assert isinstance(norm, nn.BatchNorm2d) and norm.num_features == in_channels  # BN of the conv's input
+        assert isinstance(conv, nn.Conv2d) and conv.stride == (2, 2) and conv.kernel_size == (3, 3)
+        assert isinstance(act, nn.GELU)
+    # The CPU variant keeps conv -> BN -> GELU, so its existing checkpoints still load: same keys and shapes.
+    stem_keys = {k: tuple(v.shape) for k, v in small.state_dict().items() if k.startswith("stem.")}
+    assert stem_keys["stem.0.0.weight"] == (32, 3, 3, 3)
+    assert stem_keys["stem.0.1.weight"] == (32,)
+    assert stem_keys["stem.1.0.weight"] == (32, 32, 3, 3)
