@@ -1,8 +1,39 @@
-"""BiCoR-Seg land-cover segmentation for QGIS: entry point that QGIS calls when it loads the plugin."""
+"""BiCoR-Seg land-cover segmentation for QGIS: entry point that QGIS calls when it loads the plugin.
+
+The engine is reached as ``bicorseg_qgis.engine`` and always as the package root (``from ..engine import X``):
+
+* in the installed plugin (the zip of ``make package``) the engine is a real sub-package, ``bicorseg_qgis/engine``;
+* in a repository checkout it is the top-level ``engine`` package beside this one, and ``bicorseg_qgis.engine``
+  is that same module object (registered in :data:`sys.modules` below), so an error raised as
+  ``engine.errors.X`` is caught as ``bicorseg_qgis.engine.X``: exactly one engine per process in both modes.
+
+The installed plugin adds no generic top-level name (``engine``, ``training``) to QGIS's interpreter.
+"""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
+
+
+def _link_repository_engine() -> None:
+    """In a repository checkout, make ``bicorseg_qgis.engine`` the repository's ``engine`` module itself."""
+    if (Path(__file__).resolve().parent / "engine" / "__init__.py").is_file():
+        return  # the installed plugin: the engine ships inside it
+    try:
+        import engine
+    except ImportError as exc:
+        raise ImportError(
+            "bicorseg_qgis runs from a repository checkout but the repository's 'engine' package is not importable; "
+            "put the repository root on PYTHONPATH, or install the zip that `make package` builds."
+        ) from exc
+    # Only the package root is ever imported through this name (an AST test and import-linter enforce it), so no
+    # submodule is loaded a second time under "bicorseg_qgis.engine.*".
+    sys.modules.setdefault(f"{__name__}.engine", engine)
+
+
+_link_repository_engine()
 
 
 def classFactory(iface: Any) -> Any:

@@ -30,6 +30,7 @@ _PUBLIC: dict[str, str] = {
     "resolve_model_path": "default_model",
     "ProgressReporter": "progress",
     "BiCoRSegError": "errors",
+    "CanceledError": "errors",
     "EvaluationResult": "evaluation",
     "evaluate_rasters": "evaluation",
     "write_report": "evaluation",
@@ -38,6 +39,7 @@ _PUBLIC: dict[str, str] = {
 __all__ = [
     "CHECKPOINT_SUFFIXES",
     "BiCoRSegError",
+    "CanceledError",
     "EvaluationResult",
     "ModelCard",
     "ModelFile",

@@ -1,7 +1,10 @@
 """Build dist/bicorseg_qgis.zip, the file uploaded to plugins.qgis.org.
 
-The zip holds ONE top folder, ``bicorseg_qgis/``: the plugin code, a real copy of the engine (in the repository
-``bicorseg_qgis/engine`` is a symlink to ``../engine``), the resources (icons, styles, the default model if present),
+The zip holds ONE top folder, ``bicorseg_qgis/``: the plugin code, a real copy of the engine as
+``bicorseg_qgis/engine`` (the engine's imports are all relative, so it needs no change), the training package as
+``bicorseg_qgis/training`` (its absolute ``engine``/``training`` imports are rewritten to ``bicorseg_qgis.engine`` /
+``bicorseg_qgis.training``, as pip's own vendoring tool does, so the installed plugin adds no generic top-level
+name to QGIS's interpreter and holds exactly one engine), the resources (icons, styles, the default model if present),
 ``metadata.txt``, ``LICENSE`` and ``README.md`` (``docs/plugin-readme.md``: install, dependencies, first run, where
 files go, uninstall). Caches, tests and the training package never go in, and the zip must stay under the
 repository's 25 MB limit. Entries are written in sorted order with a fixed timestamp so that builds are reproducible.
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import re
 import sys
 import zipfile
 from collections.abc import Iterator
@@ -53,14 +57,28 @@ def iter_files(root: Path, skip_dirs: set[str] = SKIP_DIRS) -> Iterator[Path]:
             yield path
 
 
+#: Absolute imports of the repository's top-level packages, as they appear in the training package's sources.
+_VENDORED_IMPORT = re.compile(r"^(\s*)(from|import)\s+(engine|training)(?=[.\s])", re.MULTILINE)
+
+
+def vendored_source(name: str, data: bytes) -> bytes:
+    """The bytes that go into the zip for ``name``: training's Python files get their imports re-rooted."""
+    if not (name.startswith(f"{PLUGIN}/training/") and name.endswith(".py")):
+        return data
+    text = data.decode("utf-8")
+    return _VENDORED_IMPORT.sub(lambda m: f"{m.group(1)}{m.group(2)} {PLUGIN}.{m.group(3)}", text).encode("utf-8")
+
+
 def plugin_entries(repo: Path = REPO) -> list[tuple[str, Path]]:
     """(name inside the zip, source file) for every file of the plugin package, in order."""
     package = repo / PLUGIN
     entries: list[tuple[str, Path]] = []
     for path in iter_files(package, SKIP_DIRS | {"engine", "resources"}):
         entries.append((f"{PLUGIN}/{path.relative_to(package).as_posix()}", path))
-    for path in iter_files(repo / "engine"):
-        entries.append((f"{PLUGIN}/engine/{path.relative_to(repo / 'engine').as_posix()}", path))
+    for package_name in ("engine", "training"):
+        root = repo / package_name
+        for path in iter_files(root, SKIP_DIRS - {"training"}):
+            entries.append((f"{PLUGIN}/{package_name}/{path.relative_to(root).as_posix()}", path))
     for path in iter_files(repo / "resources", SKIP_DIRS | SKIP_RESOURCE_DIRS):
         if path.name.endswith(SKIP_RESOURCE_SUFFIXES):
             continue
@@ -119,7 +137,7 @@ def build_zip(output: Path, repo: Path = REPO) -> Path:
             info = zipfile.ZipInfo(name, date_time=FIXED_DATE)
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
-            archive.writestr(info, source.read_bytes())
+            archive.writestr(info, vendored_source(name, source.read_bytes()))
     problems = repository_rule_problems(partial)
     if problems:
         partial.unlink()

@@ -24,12 +24,15 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
-from ..engine.errors import BiCoRSegError, CanceledError
+from .. import engine
+from ..engine import BiCoRSegError, CanceledError
 from ..feedback import engine_warnings_to_feedback
 
 HELP_URL = "https://github.com/bicorseg/bicorseg-qgis#readme"
-_PLUGIN_PACKAGE = __package__.split(".")[0]
-ENGINE_LOGGER = _PLUGIN_PACKAGE + ".engine"
+#: The engine's loggers: ``engine.*`` in a repository checkout, ``bicorseg_qgis.engine.*`` in the installed plugin.
+ENGINE_LOGGER = engine.__name__
+#: Top-level names of this plugin's own code: an ImportError naming them is a bug, not a missing package.
+_OWN_PACKAGES = frozenset({__package__.split(".")[0], engine.__name__.split(".")[0]})
 _ICON = Path(__file__).resolve().parent.parent / "resources" / "icons" / "bicorseg.svg"
 
 #: import name -> pip requirement. numpy stays below 2 because QGIS's own bindings are built against numpy 1.x.
@@ -153,7 +156,7 @@ class BiCoRSegAlgorithm(QgsProcessingAlgorithm):
         except ImportError as exc:
             # BackendUnavailableError is an ImportError too: a missing library or an unusable device.
             top_level = (getattr(exc, "name", None) or "").split(".")[0]
-            if top_level and top_level != _PLUGIN_PACKAGE and not isinstance(exc, BiCoRSegError):
+            if top_level and top_level not in _OWN_PACKAGES and not isinstance(exc, BiCoRSegError):
                 raise QgsProcessingException(install_instructions([top_level])) from exc
             raise QgsProcessingException(str(exc)) from exc
         except BiCoRSegError as exc:

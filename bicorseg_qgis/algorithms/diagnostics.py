@@ -66,7 +66,7 @@ class DiagnosticsAlgorithm(BiCoRSegAlgorithm):
         }
         try:
             from ..engine import __version__ as engine_version
-            from ..engine.backends import diagnose
+            from ..engine import diagnose
 
             report["engine"] = engine_version
             report["engine_diagnosis"] = diagnose()

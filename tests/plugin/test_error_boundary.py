@@ -6,7 +6,7 @@ import pytest
 from qgis.core import QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback
 
 from bicorseg_qgis.algorithms.base import BiCoRSegAlgorithm
-from bicorseg_qgis.engine import errors
+from engine import errors
 
 pytestmark = pytest.mark.qgis
 
