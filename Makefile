@@ -13,7 +13,7 @@ demo: setup
 
 test: setup
 	$(PY) -m ruff check .
-	$(PY) -m mypy engine training
+	$(PY) -m mypy engine training bicorseg_qgis
 	.venv/bin/lint-imports
 	$(PY) -m pytest -q
 
@@ -24,7 +24,7 @@ lint:
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 
 typecheck:
-	$(PY) -m mypy engine training
+	$(PY) -m mypy engine training bicorseg_qgis
 
 package: setup
 	$(PY) scripts/package_plugin.py

@@ -17,7 +17,8 @@ _shown = threading.local()
 def _shown_messages() -> set[str]:
     if not hasattr(_shown, "messages"):
         _shown.messages = set()
-    return _shown.messages
+    messages: set[str] = _shown.messages
+    return messages
 
 
 class FeedbackProgress:
@@ -28,7 +29,9 @@ class FeedbackProgress:
     percent sent to QGIS never goes down, whatever the engine reports.
     """
 
-    def __init__(self, feedback: QgsProcessingFeedback, start_percent: float = 0.0, span_percent: float = 100.0):
+    def __init__(
+        self, feedback: QgsProcessingFeedback, start_percent: float = 0.0, span_percent: float = 100.0
+    ) -> None:
         self._feedback = feedback
         self._start = start_percent
         self._span = span_percent
@@ -55,7 +58,7 @@ class FeedbackProgress:
 class _FeedbackLogHandler(logging.Handler):
     """Forwards warnings the engine logs on this run's thread to the feedback (other runs stay separate)."""
 
-    def __init__(self, feedback: QgsProcessingFeedback, thread_id: int):
+    def __init__(self, feedback: QgsProcessingFeedback, thread_id: int) -> None:
         super().__init__(level=logging.WARNING)
         self._feedback = feedback
         self._thread_id = thread_id

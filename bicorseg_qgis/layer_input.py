@@ -186,4 +186,4 @@ def _metres_to_map_units(metres: float, layer: QgsRasterLayer) -> float:
     units = layer.crs().mapUnits()
     if units == DISTANCE_DEGREES:
         return metres / _METRES_PER_DEGREE
-    return metres * QgsUnitTypes.fromUnitToUnitFactor(DISTANCE_METERS, units)
+    return metres * float(QgsUnitTypes.fromUnitToUnitFactor(DISTANCE_METERS, units))

@@ -103,7 +103,7 @@ def _save_qml(layer: QgsRasterLayer, raster_path: Path) -> Path:
 class OutputGroup:
     """One layer-tree group shared by every output of one run (QGIS 3.22's LayerDetails has no groupName)."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str) -> None:
         self.name = name
         self._group: QgsLayerTreeGroup | None = None
 
@@ -133,7 +133,7 @@ def _project_of(context: QgsProcessingContext) -> QgsProject:
 class ClassLayerPostProcessor(QgsProcessingLayerPostProcessorInterface):
     """Styles the loaded class raster with the card's palette and moves it into the run's group."""
 
-    def __init__(self, class_names: Sequence[str], class_colors: Sequence[str], group: OutputGroup):
+    def __init__(self, class_names: Sequence[str], class_colors: Sequence[str], group: OutputGroup) -> None:
         super().__init__()
         self.class_names = tuple(class_names)
         self.class_colors = tuple(class_colors)
@@ -152,7 +152,9 @@ class ClassLayerPostProcessor(QgsProcessingLayerPostProcessorInterface):
 class HeatmapLayerPostProcessor(QgsProcessingLayerPostProcessorInterface):
     """Shows the heatmap file as one pseudocolour layer per class (named by class), hidden, in the run's group."""
 
-    def __init__(self, class_names: Sequence[str], group: OutputGroup, name_template: str = "{name} probability"):
+    def __init__(
+        self, class_names: Sequence[str], group: OutputGroup, name_template: str = "{name} probability"
+    ) -> None:
         super().__init__()
         self.class_names = tuple(class_names)
         self.group = group

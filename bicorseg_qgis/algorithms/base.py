@@ -47,7 +47,7 @@ PIP_NAMES: dict[str, str] = {
 
 def tr(text: str) -> str:
     """Translate a user-visible string in the ``Processing`` context, as QGIS's own algorithms do."""
-    return QCoreApplication.translate("Processing", text)
+    return str(QCoreApplication.translate("Processing", text))
 
 
 def missing_dependencies(required: Iterable[str], any_of: Sequence[str] = ()) -> list[str]:

@@ -98,9 +98,10 @@ class InstallDependenciesAlgorithm(BiCoRSegAlgorithm):
         feedback.pushInfo(self.tr("Dependency folder: {folder}").format(folder=folder))
         if not force and dependencies.is_satisfied(folder, plan):
             dependencies.activate(folder, plan.python)
-            pins = (dependencies.read_stamp(folder) or {}).get("pins") or []
+            recorded = (dependencies.read_stamp(folder) or {}).get("pins")
+            pins = recorded if isinstance(recorded, list) else []
             feedback.pushInfo(self.tr("Already installed ({profile}); nothing to do.").format(profile=profile))
-            return {self.FOLDER: str(folder), self.PACKAGES: " ".join(map(str, pins))}
+            return {self.FOLDER: str(folder), self.PACKAGES: " ".join(str(pin) for pin in pins)}
         try:
             python, pip_version = dependencies.find_python()
             feedback.pushInfo(self.tr("Python: {python} ({pip})").format(python=python, pip=pip_version))
