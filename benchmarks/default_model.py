@@ -24,7 +24,7 @@ from engine.inference.pipeline import make_predictor
 from engine.inference.tiling import TilingSpec
 from engine.model_file import ModelFile
 from training.datasets import build_dataset
-from training.inference import confusion_over_images
+from training.inference import score_images
 from training.transforms import Normalization
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def score(model: Path, split: str, threads: int, tta: str = "none") -> dict[str,
     )
     spec = TilingSpec(tile_size_px=card.tile_size_px, overlap_px=card.overlap_px)
     samples = (dataset[i] for i in range(len(dataset)))
-    cm = confusion_over_images(backend, samples, card.num_classes, card.ignore_index, spec)
+    cm = score_images(backend, samples, card.num_classes, card.ignore_index, spec).confusion
     metrics = SegmentationMetrics.from_confusion(cm, card.class_names)
     return {
         "model": model.name,

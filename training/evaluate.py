@@ -37,7 +37,7 @@ from training.command import run_json_command
 from training.config import TrainConfig, load_config, resolve_config
 from training.datasets import DatasetInfo, SegmentationDataset, build_dataset
 from training.distributed import select_device
-from training.inference import TTA_MODES, ImageScores, confusion_over_images, module_predictor, score_images, shapes_of
+from training.inference import TTA_MODES, ImageScores, module_predictor, score_images, shapes_of
 from training.plots import plot_confusion_matrix
 from training.transforms import Normalization
 
@@ -184,8 +184,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     predict = module_predictor(model, shapes_of(info), device, tta=args.tta, amp=device.type == "cuda")
     spec = TilingSpec(config.model.tile_size_px, config.model.overlap_px)
     samples = (dataset[i] for i in range(count))
-    confusion = confusion_over_images(predict, samples, info.num_classes, info.ignore_index, spec,
-                                      config.run.stitching, config.run.val_batch_size, on_image)  # fmt: skip
+    confusion = score_images(predict, samples, info.num_classes, info.ignore_index, spec,
+                             config.run.stitching, config.run.val_batch_size, on_image).confusion  # fmt: skip
     bar.close()
     scores = score_confusion(confusion, info)
     write_metrics_json(scores, out_dir / "metrics.json", checkpoint=str(args.checkpoint), split=split, tta=args.tta,

@@ -29,7 +29,6 @@ __all__ = [
     "ImageScores",
     "ModuleShapes",
     "TtaMode",
-    "confusion_over_images",
     "module_predictor",
     "predict_image",
     "score_images",
@@ -149,17 +148,3 @@ def score_images(
         if on_image is not None:
             on_image(index, labels.astype(np.int64))
     return ImageScores(total, nll_sum, pixel_count)
-
-
-def confusion_over_images(
-    predict: Predictor,
-    samples: Iterable[Mapping[str, Tensor]],
-    num_classes: int,
-    ignore_index: int,
-    spec: TilingSpec,
-    stitching: str = "gaussian",
-    batch_size: int = 4,
-    on_image: Callable[[int, NDArray[np.int64]], None] | None = None,
-) -> NDArray[np.int64]:
-    """Sum of the confusion matrices of whole images (see :func:`score_images`)."""
-    return score_images(predict, samples, num_classes, ignore_index, spec, stitching, batch_size, on_image).confusion
