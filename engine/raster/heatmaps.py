@@ -13,8 +13,6 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..model_card import NODATA_CLASS
-
 #: Integer total of a valid pixel's heatmap values (one unit = 1e-4 probability).
 HEATMAP_SCALE = 10000
 #: Heatmap value written where there is no prediction.
@@ -80,25 +78,3 @@ def _largest_remainder(p: NDArray[np.floating[Any]]) -> NDArray[np.uint16]:
     floors += ranks < deficit
     result: NDArray[np.uint16] = floors.astype(np.uint16)
     return result
-
-
-def requantize_heatmaps(warped: NDArray[np.floating[Any]], classes: NDArray[np.uint8]) -> NDArray[np.uint16]:
-    """Re-quantise heatmaps resampled onto another grid, where ``classes`` says which pixels are valid.
-
-    Args:
-        warped: (K, h, w) resampled stored values (any scale; :data:`HEATMAP_NODATA` or non-finite where none).
-        classes: (h, w) class raster on the same grid; :data:`NODATA_CLASS` marks invalid pixels.
-
-    Returns:
-        (K, h, w) uint16 summing to :data:`HEATMAP_SCALE` on valid pixels; a valid pixel without resampled
-        heatmap values (possible at data edges) gets its whole mass on its class.
-    """
-    valid = classes != NODATA_CLASS
-    values = np.asarray(warped, dtype=np.float64)
-    missing = ~np.isfinite(values).all(axis=0) | (values >= HEATMAP_NODATA).any(axis=0)
-    values = np.where(missing[None], 0.0, values)
-    fallback = valid & (missing | (values.sum(axis=0) <= 0.0))
-    if fallback.any():
-        one_hot = np.arange(values.shape[0])[:, None] == classes[fallback][None, :]
-        values[:, fallback] = one_hot
-    return quantize_probabilities(values, valid)

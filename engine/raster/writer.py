@@ -2,9 +2,11 @@
 
 Rows arrive in order on the processing grid. They are staged into whole 256-row block rows so every compressed
 block is written exactly once, into temp files beside the outputs. :meth:`SegmentationWriter.commit` resamples
-back to the input grid when the processing grid differs (nearest for classes; bilinear, renormalised and
-re-quantised for heatmaps), optionally converts to COG, and only then moves the files into place with
-``os.replace``. Anything else (:meth:`~SegmentationWriter.abort`, an exception) leaves nothing at the output paths.
+back to the input grid when the processing grid differs, by one rule: the class *probabilities* are resampled
+(bilinear, or average where the processing grid is finer than the input) and the class raster is their argmax on
+the input grid, so every class is a maximum of the heatmaps written beside it. It then fails if no input pixel
+got a class, optionally converts to COG, and only then moves the files into place with ``os.replace``. Anything
+else (:meth:`~SegmentationWriter.abort`, an exception) leaves nothing at the output paths.
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from ..errors import OutputPathError
+from ..errors import InvalidRasterError, OutputPathError
 from ..model_card import NODATA_CLASS, ModelCard
 from .geotiff import BLOCK_SIZE_PX, GridFiles, OutputGrid
-from .heatmaps import HEATMAP_NODATA, quantize_probabilities, requantize_heatmaps
+from .heatmaps import HEATMAP_NODATA, quantize_probabilities
 from .output_paths import check_output_paths
 
 __all__ = ["SegmentationWriter", "WriterSource"]
@@ -41,6 +43,7 @@ class WriterSource(Protocol):
 
     The writer receives rows on the processing grid and writes the outputs on the input grid; where the two
     differ it resamples back and cuts the result to the input's own validity with :meth:`read_input_valid`.
+    Without ``has_geotransform`` the outputs get no geotransform either, so they lie on the input's pixel grid.
     """
 
     path: Path
@@ -49,6 +52,7 @@ class WriterSource(Protocol):
     height: int
     width: int
     transform: Affine
+    has_geotransform: bool
     processing_transform: Affine
     crs: CRS | None
     resampled: bool
@@ -115,20 +119,24 @@ class SegmentationWriter:
         check_output_paths([self.output_path] + ([self.heatmaps_path] if self.heatmaps_path else []), source.path)
         token = uuid.uuid4().hex[:12]
         self._temps: list[Path] = []
-        input_grid = OutputGrid(source.input_height, source.input_width, source.transform, source.crs)
+        transform = source.transform if source.has_geotransform else None
+        input_grid = OutputGrid(source.input_height, source.input_width, transform, source.crs)
         try:
-            self._final = self._open_grid(input_grid, token, "final", card)
+            final_heatmaps = None if self.heatmaps_path is None else self._temp_path(self.heatmaps_path, token, "final")
+            self._final = self._open_grid(input_grid, token, "final", card, final_heatmaps)
             self._processing: GridFiles | None = None
             if source.resampled:
+                # The probabilities go back to the input grid (the classes are their argmax there), so the
+                # processing grid keeps them even when no heatmaps are asked for.
                 grid = OutputGrid(source.height, source.width, source.processing_transform, source.crs)
-                self._processing = self._open_grid(grid, token, "grid", card)
+                probabilities = self._temp_path(self.output_path, token, "grid-probabilities")
+                self._processing = self._open_grid(grid, token, "grid", card, probabilities)
         except BaseException:
             self.abort()
             raise
 
-    def _open_grid(self, grid: OutputGrid, token: str, kind: str, card: ModelCard) -> GridFiles:
+    def _open_grid(self, grid: OutputGrid, token: str, kind: str, card: ModelCard, heatmaps: Path | None) -> GridFiles:
         classes = self._temp_path(self.output_path, token, kind)
-        heatmaps = None if self.heatmaps_path is None else self._temp_path(self.heatmaps_path, token, kind)
         try:
             return GridFiles.create(grid, classes, heatmaps, card, self._tags)
         except (OSError, rasterio.errors.RasterioError) as exc:
@@ -170,9 +178,10 @@ class SegmentationWriter:
         self._nonfinite_pixels += int((~finite).sum())
         classes = np.argmax(probs, axis=0).astype(np.uint8)
         classes[~valid] = NODATA_CLASS
-        heat = None if self.heatmaps_path is None else quantize_probabilities(probs, valid)
+        target = self._processing or self._final
+        heat = None if target.heatmaps_path is None else quantize_probabilities(probs, valid)
         try:
-            (self._processing or self._final).write(row_off, classes, heat)
+            target.write(row_off, classes, heat)
         except (OSError, rasterio.errors.RasterioError) as exc:
             raise _write_error(self.output_path, exc) from exc
         self._next_row = row_off + rows
@@ -202,6 +211,11 @@ class SegmentationWriter:
                 raise _write_error(self.output_path, exc) from exc
             self.class_pixel_counts = self._final.class_pixel_counts
             self.valid_pixel_count = sum(self.class_pixel_counts)
+            if self.valid_pixel_count == 0:  # counted on the input grid, after any resampling back
+                raise InvalidRasterError(
+                    f"Input raster '{self._source.path}' contains no valid pixels (all nodata, masked or outside the "
+                    "extent); check its nodata value, bands, EXTENT and MASK."
+                )
             self._final.write_category_names(self._card)
             finals = self._finalise_files()
             _move_into_place(finals)
@@ -233,41 +247,59 @@ class SegmentationWriter:
     # --- finishing -----------------------------------------------------------------------------------------
 
     def _resample_back(self, grid: GridFiles) -> None:
-        """Resample the processing-grid results onto the input grid, block row by block row."""
+        """Resample the processing grid's probabilities onto the input grid; the classes are their argmax there.
+
+        Bilinear where the input grid is finer than the processing grid, average where it is coarser. A valid
+        input pixel that no resampled value reaches (a data edge under bilinear) takes the nearest processing
+        pixel's probabilities. Memory: one (K, 256, 4096) float32 chunk at a time.
+        """
         source, final = self._source, self._final
-        warp = {"crs": source.crs, "transform": source.transform, "height": source.input_height}
+        if grid.heatmaps_path is None:
+            raise ValueError("the processing grid holds no probabilities to resample")
+        finer = source.height * source.width > source.input_height * source.input_width
+        warp = {
+            "crs": source.crs, "transform": source.transform, "height": source.input_height,
+            "width": source.input_width, "dtype": "float32", "src_nodata": HEATMAP_NODATA, "nodata": HEATMAP_NODATA,
+        }  # fmt: skip
         with (
-            rasterio.open(grid.classes_path) as classes_src,
-            WarpedVRT(classes_src, width=source.input_width, resampling=Resampling.nearest, **warp) as classes_vrt,
+            rasterio.open(grid.heatmaps_path) as probabilities,
+            WarpedVRT(probabilities, resampling=Resampling.average if finer else Resampling.bilinear, **warp) as smooth,
         ):
-            heat_src = None if grid.heatmaps_path is None else rasterio.open(grid.heatmaps_path)
+            nearest: WarpedVRT | None = None
             try:
-                heat_vrt = None
-                if heat_src is not None:
-                    heat_vrt = WarpedVRT(
-                        heat_src, width=source.input_width, resampling=Resampling.bilinear, dtype="float32",
-                        src_nodata=HEATMAP_NODATA, nodata=HEATMAP_NODATA, **warp,
-                    )  # fmt: skip
                 for row_off in range(0, source.input_height, BLOCK_SIZE_PX):
                     rows = min(BLOCK_SIZE_PX, source.input_height - row_off)
                     classes = np.empty((rows, source.input_width), dtype=np.uint8)
-                    heat = None if heat_vrt is None else np.empty((self._card.num_classes, *classes.shape), np.uint16)
+                    heat = None
+                    if final.heatmaps_path is not None:
+                        heat = np.empty((self._card.num_classes, *classes.shape), dtype=np.uint16)
                     for col_off in range(0, source.input_width, _RESAMPLE_CHUNK_PX):
                         cols = min(_RESAMPLE_CHUNK_PX, source.input_width - col_off)
                         window = Window(col_off, row_off, cols, rows)
-                        chunk = classes_vrt.read(1, window=window)
-                        if not source.closed:  # cut to the input grid's own nodata / mask / extent exactly
-                            chunk[~source.read_input_valid(window)] = NODATA_CLASS
+                        values = smooth.read(window=window)
+                        present = _present(values)
+                        # Cut to the input grid's own nodata / mask / extent exactly (when the input is open).
+                        valid = present.copy() if source.closed else source.read_input_valid(window)
+                        missing = valid & ~present
+                        if missing.any():
+                            if nearest is None:
+                                nearest = WarpedVRT(probabilities, resampling=Resampling.nearest, **warp)
+                            fallback = nearest.read(window=window)
+                            fill = missing & _present(fallback)
+                            values[:, fill] = fallback[:, fill]
+                            present |= fill
+                        valid &= present
+                        chunk = np.argmax(values, axis=0).astype(np.uint8)
+                        chunk[~valid] = NODATA_CLASS
                         classes[:, col_off : col_off + cols] = chunk
-                        if heat is not None and heat_vrt is not None:
-                            warped = heat_vrt.read(window=window)
-                            heat[:, :, col_off : col_off + cols] = requantize_heatmaps(warped, chunk)
+                        if heat is not None:
+                            # Quantising renormalises each pixel and keeps the order of its values, so the class
+                            # (the argmax above) stays a maximum of the stored heatmaps.
+                            heat[:, :, col_off : col_off + cols] = quantize_probabilities(values, valid)
                     final.write(row_off, classes, heat)
-                if heat_vrt is not None:
-                    heat_vrt.close()
             finally:
-                if heat_src is not None:
-                    heat_src.close()
+                if nearest is not None:
+                    nearest.close()
 
     def _finalise_files(self) -> list[tuple[Path, Path]]:
         """(temp, destination) pairs to move, after the optional COG conversion."""
@@ -295,6 +327,11 @@ class SegmentationWriter:
                 path.unlink(missing_ok=True)
             except OSError as exc:  # leave the temp rather than mask the real outcome
                 logger.debug("Could not delete temp file %s: %s", path, exc)
+
+
+def _present(values: NDArray[np.float32]) -> NDArray[np.bool_]:
+    """Pixels of resampled (K, h, w) stored probabilities that carry values (neither nodata nor non-finite)."""
+    return np.asarray(np.isfinite(values).all(axis=0) & (values < HEATMAP_NODATA).all(axis=0), dtype=bool)
 
 
 def _to_cog(path: Path, is_classes: bool, temps: list[Path]) -> Path:
