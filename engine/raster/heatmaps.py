@@ -78,3 +78,20 @@ def _largest_remainder(p: NDArray[np.floating[Any]]) -> NDArray[np.uint16]:
     floors += ranks < deficit
     result: NDArray[np.uint16] = floors.astype(np.uint16)
     return result
+
+
+def round_probabilities(probs: NDArray[np.floating[Any]], valid: NDArray[np.bool_]) -> NDArray[np.uint16]:
+    """Probabilities rounded to units of 1e-4 each, for an intermediate grid that is resampled before it is written.
+
+    Cheaper than :func:`quantize_probabilities` (a pixel's values may sum to within K/2 units of
+    :data:`HEATMAP_SCALE`): the writer resamples these onto the input grid, takes the classes there and quantises
+    exactly for the heatmaps it writes.
+
+    Args:
+        probs: (K, ...) class probabilities in [0, 1], finite on valid pixels.
+        valid: Mask with the shape of ``probs[0]``; invalid pixels get :data:`HEATMAP_NODATA` in every band.
+    """
+    scaled = np.clip(probs, 0.0, 1.0).astype(np.float32, copy=False) * np.float32(HEATMAP_SCALE)
+    rounded: NDArray[np.uint16] = np.rint(scaled, out=scaled).astype(np.uint16)
+    rounded[:, ~valid] = HEATMAP_NODATA
+    return rounded

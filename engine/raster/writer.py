@@ -3,8 +3,9 @@
 Rows arrive in order on the processing grid. They are staged into whole 256-row block rows so every compressed
 block is written exactly once, into temp files beside the outputs. :meth:`SegmentationWriter.commit` resamples
 back to the input grid when the processing grid differs, by one rule: the class *probabilities* are resampled
-(bilinear, or average where the processing grid is finer than the input) and the class raster is their argmax on
-the input grid, so every class is a maximum of the heatmaps written beside it. It then fails if no input pixel
+(:mod:`engine.raster.grid_resampling`: bilinear, or an area average where the processing grid is finer than the
+input) and the class raster is their argmax on the input grid, so every class is a maximum of the heatmaps
+written beside it. It then fails if no input pixel
 got a class, optionally converts to COG, and only then moves the files into place with ``os.replace``. Anything
 else (:meth:`~SegmentationWriter.abort`, an exception) leaves nothing at the output paths.
 """
@@ -25,14 +26,13 @@ import rasterio.shutil
 from affine import Affine
 from numpy.typing import NDArray
 from rasterio.crs import CRS
-from rasterio.enums import Resampling
-from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from ..errors import InvalidRasterError, OutputPathError
 from ..model_card import NODATA_CLASS, ModelCard
 from .geotiff import BLOCK_SIZE_PX, GridFiles, OutputGrid
-from .heatmaps import HEATMAP_NODATA, quantize_probabilities
+from .grid_resampling import GridResampler
+from .heatmaps import HEATMAP_NODATA, quantize_probabilities, round_probabilities
 from .output_paths import check_output_paths
 
 __all__ = ["SegmentationWriter", "WriterSource"]
@@ -179,7 +179,11 @@ class SegmentationWriter:
         classes = np.argmax(probs, axis=0).astype(np.uint8)
         classes[~valid] = NODATA_CLASS
         target = self._processing or self._final
-        heat = None if target.heatmaps_path is None else quantize_probabilities(probs, valid)
+        heat = None
+        if self._processing is not None:  # resampled and re-quantised exactly on commit
+            heat = round_probabilities(probs, valid)
+        elif target.heatmaps_path is not None:
+            heat = quantize_probabilities(probs, valid)
         try:
             target.write(row_off, classes, heat)
         except (OSError, rasterio.errors.RasterioError) as exc:
@@ -249,57 +253,51 @@ class SegmentationWriter:
     def _resample_back(self, grid: GridFiles) -> None:
         """Resample the processing grid's probabilities onto the input grid; the classes are their argmax there.
 
-        Bilinear where the input grid is finer than the processing grid, average where it is coarser. A valid
-        input pixel that no resampled value reaches (a data edge under bilinear) takes the nearest processing
-        pixel's probabilities. Memory: one (K, 256, 4096) float32 chunk at a time.
+        Bilinear along an axis where the input grid is finer than the processing grid, area average where it is
+        coarser (:mod:`engine.raster.grid_resampling`: the two grids share their bounds). A valid input pixel
+        that no resampled value reaches takes the nearest processing pixel's probabilities. Memory: one chunk
+        of at most 256 x 4096 input pixels (fewer columns when the processing grid is finer) at a time.
         """
         source, final = self._source, self._final
         if grid.heatmaps_path is None:
             raise ValueError("the processing grid holds no probabilities to resample")
-        finer = source.height * source.width > source.input_height * source.input_width
-        warp = {
-            "crs": source.crs, "transform": source.transform, "height": source.input_height,
-            "width": source.input_width, "dtype": "float32", "src_nodata": HEATMAP_NODATA, "nodata": HEATMAP_NODATA,
-        }  # fmt: skip
-        with (
-            rasterio.open(grid.heatmaps_path) as probabilities,
-            WarpedVRT(probabilities, resampling=Resampling.average if finer else Resampling.bilinear, **warp) as smooth,
-        ):
-            nearest: WarpedVRT | None = None
-            try:
-                for row_off in range(0, source.input_height, BLOCK_SIZE_PX):
-                    rows = min(BLOCK_SIZE_PX, source.input_height - row_off)
-                    classes = np.empty((rows, source.input_width), dtype=np.uint8)
-                    heat = None
-                    if final.heatmaps_path is not None:
-                        heat = np.empty((self._card.num_classes, *classes.shape), dtype=np.uint16)
-                    for col_off in range(0, source.input_width, _RESAMPLE_CHUNK_PX):
-                        cols = min(_RESAMPLE_CHUNK_PX, source.input_width - col_off)
-                        window = Window(col_off, row_off, cols, rows)
-                        values = smooth.read(window=window)
-                        present = _present(values)
-                        # Cut to the input grid's own nodata / mask / extent exactly (when the input is open).
-                        valid = present.copy() if source.closed else source.read_input_valid(window)
-                        missing = valid & ~present
-                        if missing.any():
-                            if nearest is None:
-                                nearest = WarpedVRT(probabilities, resampling=Resampling.nearest, **warp)
-                            fallback = nearest.read(window=window)
-                            fill = missing & _present(fallback)
-                            values[:, fill] = fallback[:, fill]
-                            present |= fill
-                        valid &= present
-                        chunk = np.argmax(values, axis=0).astype(np.uint8)
-                        chunk[~valid] = NODATA_CLASS
-                        classes[:, col_off : col_off + cols] = chunk
-                        if heat is not None:
-                            # Quantising renormalises each pixel and keeps the order of its values, so the class
-                            # (the argmax above) stays a maximum of the stored heatmaps.
-                            heat[:, :, col_off : col_off + cols] = quantize_probabilities(values, valid)
-                    final.write(row_off, classes, heat)
-            finally:
-                if nearest is not None:
-                    nearest.close()
+        resampler = GridResampler(
+            (source.height, source.width), (source.input_height, source.input_width), HEATMAP_NODATA
+        )
+        denser = max(1.0, (source.height * source.width) / (source.input_height * source.input_width))
+        chunk_px = max(BLOCK_SIZE_PX, int(_RESAMPLE_CHUNK_PX / denser))
+        with rasterio.open(grid.heatmaps_path) as probabilities:
+
+            def read(window: Window) -> NDArray[np.float32]:
+                return np.asarray(probabilities.read(window=window), dtype=np.float32)
+
+            for row_off in range(0, source.input_height, BLOCK_SIZE_PX):
+                rows = min(BLOCK_SIZE_PX, source.input_height - row_off)
+                classes = np.empty((rows, source.input_width), dtype=np.uint8)
+                heat = None
+                if final.heatmaps_path is not None:
+                    heat = np.empty((self._card.num_classes, *classes.shape), dtype=np.uint16)
+                for col_off in range(0, source.input_width, chunk_px):
+                    cols = min(chunk_px, source.input_width - col_off)
+                    window = Window(col_off, row_off, cols, rows)
+                    values, present = resampler.resample(read, window)
+                    # Cut to the input grid's own nodata / mask / extent exactly (when the input is open).
+                    valid = present.copy() if source.closed else source.read_input_valid(window)
+                    missing = valid & ~present
+                    if missing.any():
+                        fallback, has_data = resampler.nearest(read, window)
+                        fill = missing & has_data
+                        values[:, fill] = fallback[:, fill]
+                        present |= fill
+                    valid &= present
+                    chunk = np.argmax(values, axis=0).astype(np.uint8)
+                    chunk[~valid] = NODATA_CLASS
+                    classes[:, col_off : col_off + cols] = chunk
+                    if heat is not None:
+                        # Quantising renormalises each pixel and keeps the order of its values, so the class
+                        # (the argmax above) stays a maximum of the stored heatmaps.
+                        heat[:, :, col_off : col_off + cols] = quantize_probabilities(values, valid)
+                final.write(row_off, classes, heat)
 
     def _finalise_files(self) -> list[tuple[Path, Path]]:
         """(temp, destination) pairs to move, after the optional COG conversion."""
@@ -327,11 +325,6 @@ class SegmentationWriter:
                 path.unlink(missing_ok=True)
             except OSError as exc:  # leave the temp rather than mask the real outcome
                 logger.debug("Could not delete temp file %s: %s", path, exc)
-
-
-def _present(values: NDArray[np.float32]) -> NDArray[np.bool_]:
-    """Pixels of resampled (K, h, w) stored probabilities that carry values (neither nodata nor non-finite)."""
-    return np.asarray(np.isfinite(values).all(axis=0) & (values < HEATMAP_NODATA).all(axis=0), dtype=bool)
 
 
 def _to_cog(path: Path, is_classes: bool, temps: list[Path]) -> Path:
