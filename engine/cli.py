@@ -19,6 +19,7 @@ from . import __version__
 from .errors import BiCoRSegError, CanceledError
 from .inference.stitching import stitching_names
 from .inference.tta import TTA_MODES
+from .raster.value_scaling import VALUE_SCALINGS
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "build_parser", "main"]
 
@@ -102,7 +103,18 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument(
         "--tta", choices=TTA_MODES, default="none", help="test-time augmentation: flip (3x work) or d4 (8x)"
     )
-    segment.add_argument("--no-resample", action="store_true", help="keep the input resolution (ignore card GSD)")
+    segment.add_argument(
+        "--no-resample",
+        action="store_true",
+        help="run at the input's own resolution instead of resampling to the model's (the card's gsd_m)",
+    )
+    segment.add_argument(
+        "--value-scaling",
+        choices=VALUE_SCALINGS,
+        default="card",
+        help="how raw values map to the model's range: card (its input_value_range, default), minmax or "
+        "percentile (each band's own min-max or 2-98 %% range: for 16-bit, float or signed imagery)",
+    )
     segment.add_argument("--cog", action="store_true", help="write Cloud Optimized GeoTIFFs")
     segment.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads for the backend")
     segment.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
@@ -205,6 +217,7 @@ def _segment(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             batch_size=args.batch_size,
             extent=args.extent,
             resample_to_model_gsd=not args.no_resample,
+            value_scaling=args.value_scaling,
             stitching=args.stitching,
             tta=args.tta,
             cog=args.cog,

@@ -17,7 +17,7 @@ from qgis.core import (
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
     QgsProcessingParameterBand,
-    QgsProcessingParameterEnum,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterFile,
@@ -32,10 +32,13 @@ from .. import styling
 from ..compat import FILE_BEHAVIOR_FILE, NUMBER_INTEGER, POLYGON_SOURCE, mark_advanced
 from ..feedback import FeedbackProgress
 from ..layer_input import raster_input
+from ..parameters import StaticStringEnum, enum_choice
 from .base import BiCoRSegAlgorithm
 
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("auto", "onnxruntime", "torch")
+#: The engine's value scalings (``engine.VALUE_SCALINGS``), spelled out so the provider loads without numpy.
+VALUE_SCALINGS = ("card", "minmax", "percentile")
 #: Share of the progress bar for reading a non-file layer into a temporary GeoTIFF.
 RENDER_PROGRESS_PERCENT = 20.0
 
@@ -60,6 +63,8 @@ class SegmentLandCoverAlgorithm(BiCoRSegAlgorithm):
     BANDS = "BANDS"
     EXTENT = "EXTENT"
     MASK = "MASK"
+    RESAMPLE = "RESAMPLE"
+    VALUE_SCALING = "VALUE_SCALING"
     TILE_SIZE = "TILE_SIZE"
     OVERLAP = "OVERLAP"
     BATCH_SIZE = "BATCH_SIZE"
@@ -88,7 +93,15 @@ class SegmentLandCoverAlgorithm(BiCoRSegAlgorithm):
             "MODEL: an .onnx file or PyTorch checkpoint carrying a model card; empty uses the bundled model.\n"
             "BANDS: input bands in the model's order (default: matched from the card).\n"
             "EXTENT / MASK: process only this area / inside these polygons; elsewhere the output is nodata (255).\n"
-            "TILE_SIZE, BATCH_SIZE: 0 takes the model card's values; OVERLAP: -1 takes the card's.\n"
+            "RESAMPLE: resample the raster to the model's resolution (its card's ground sampling distance) and the "
+            "results back; false runs the model at the raster's own resolution. The log states both resolutions and "
+            "the processing grid, warns when they are more than 4x apart, and the run stops when resampling would "
+            "multiply the pixel count by more than 16 (use a model for that resolution, or RESAMPLE false).\n"
+            "VALUE_SCALING: how raw values map to the model's range: card (the model's own range, e.g. 0-255; the "
+            "default), minmax or percentile (each band's own min-max or 2-98 % range, clipped: for 16-bit, float "
+            "or signed imagery).\n"
+            "TILE_SIZE, BATCH_SIZE: 0 takes the model card's values (a model with a fixed input size sets the tile "
+            "size); OVERLAP: -1 takes the card's. A tile larger than the raster is shrunk to one that covers it.\n"
             "OUTPUT: class raster (UInt8, colour table and class names). HEATMAPS: one probability band per class.\n"
             "A CSV of the area of each class is written beside OUTPUT."
         )
@@ -105,16 +118,9 @@ class SegmentLandCoverAlgorithm(BiCoRSegAlgorithm):
                 optional=True,
             )
         )
-        self.addParameter(
-            QgsProcessingParameterEnum(
-                self.DEVICE, self.tr("Device"), options=list(DEVICES), defaultValue="auto", usesStaticStrings=True
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterEnum(
-                self.BACKEND, self.tr("Backend"), options=list(BACKENDS), defaultValue="auto", usesStaticStrings=True
-            )
-        )
+        # Static strings (models and scripts store "cpu"), also answering to the option numbers qgis_process lists.
+        self.addParameter(StaticStringEnum(self.DEVICE, self.tr("Device"), DEVICES, "auto"))
+        self.addParameter(StaticStringEnum(self.BACKEND, self.tr("Backend"), BACKENDS, "auto"))
         self.addParameter(
             QgsProcessingParameterBand(
                 self.BANDS,
@@ -144,6 +150,24 @@ class SegmentLandCoverAlgorithm(BiCoRSegAlgorithm):
                     )
                 )
             )
+        # Optional with defaults, so graphical models and scripts saved before these parameters existed still run.
+        self.addParameter(
+            QgsProcessingParameterBoolean(
+                self.RESAMPLE,
+                self.tr("Resample to the model's resolution (false: run at the raster's own)"),
+                defaultValue=True,
+                optional=True,
+            )
+        )
+        self.addParameter(
+            StaticStringEnum(
+                self.VALUE_SCALING,
+                self.tr("Value scaling (card: the model's range; minmax / percentile: each band's own)"),
+                VALUE_SCALINGS,
+                "card",
+                optional=True,
+            )
+        )
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Land cover")))
         self.addParameter(
             QgsProcessingParameterRasterDestination(
@@ -159,7 +183,7 @@ class SegmentLandCoverAlgorithm(BiCoRSegAlgorithm):
         self, parameters: dict[str, Any], context: QgsProcessingContext
     ) -> tuple[list[str], list[str]]:
         """Numpy + rasterio always; the backend the parameters ask for (any one for ``auto``)."""
-        backend = self.parameterAsEnumString(parameters, self.BACKEND, context) or "auto"
+        backend = enum_choice(self, parameters, self.BACKEND, context)
         model = self.parameterAsFile(parameters, self.MODEL, context)
         required = ["numpy", "rasterio"]
         from ..engine import CHECKPOINT_SUFFIXES  # the card module imports only the standard library
@@ -210,7 +234,7 @@ class SegmentLandCoverAlgorithm(BiCoRSegAlgorithm):
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> tuple[Any, _Run]:
         """The ONE place that reads this algorithm's parameters: returns the engine request and run details."""
-        from ..engine import ModelFile, SegmentationRequest
+        from ..engine import PROCESSING_OPTION_NAMES, ModelFile, SegmentationRequest
 
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if layer is None or not layer.isValid():
@@ -255,8 +279,8 @@ class SegmentLandCoverAlgorithm(BiCoRSegAlgorithm):
             output_path=output,
             heatmaps_path=Path(heatmaps_text) if heatmaps_text else None,
             model_path=model.path,
-            device=self.parameterAsEnumString(parameters, self.DEVICE, context) or "auto",
-            backend=self.parameterAsEnumString(parameters, self.BACKEND, context) or "auto",
+            device=enum_choice(self, parameters, self.DEVICE, context),
+            backend=enum_choice(self, parameters, self.BACKEND, context),
             bands=bands,
             tile_size_px=self.parameterAsInt(parameters, self.TILE_SIZE, context) or None,
             overlap_px=overlap if overlap >= 0 else None,
@@ -265,6 +289,9 @@ class SegmentLandCoverAlgorithm(BiCoRSegAlgorithm):
             if extent is None
             else (extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()),
             mask_geometries=mask,
+            resample_to_model_gsd=self.parameterAsBoolean(parameters, self.RESAMPLE, context),
+            value_scaling=enum_choice(self, parameters, self.VALUE_SCALING, context),
+            option_names=PROCESSING_OPTION_NAMES,
         )
         statistics = output.with_name(output.stem + "_class_statistics.csv")
         return request, _Run(layer=layer, statistics_path=statistics, rendered=source.rendered, model=model)

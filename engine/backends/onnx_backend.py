@@ -69,6 +69,12 @@ class OnnxBackend:
         outputs = [o.name for o in self._session.get_outputs()]
         self._output_name = "logits" if "logits" in outputs else outputs[0]
         self._check_input()
+        shape = self._input.shape
+        # Models exported with a fixed batch (Deepness models often take exactly one tile) get batches of that size.
+        self._static_batch: int | None = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+        self._static_size: tuple[int, int] | None = None
+        if isinstance(shape[2], int) and isinstance(shape[3], int) and shape[2] > 0 and shape[3] > 0:
+            self._static_size = (shape[2], shape[3])
         logger.info(
             "onnxruntime %s on %s (%s), providers %s, %d intra-op threads.",
             ort.__version__, self.device, self.device_reason, self.providers, self.num_threads,
@@ -97,11 +103,34 @@ class OnnxBackend:
     def predict(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
         """(B, C, H, W) normalised tiles -> (B, K, H, W) class probabilities."""
         x = check_batch(batch, self.card)
+        if self._static_size is not None and tuple(x.shape[2:]) != self._static_size:
+            height, width = self._static_size
+            raise ModelLoadError(
+                f"Model '{self.model_path.name}' takes a fixed {width} x {height} px input but got tiles of "
+                f"{x.shape[3]} x {x.shape[2]} px; set the tile size to {height} px (or leave it to the model)."
+            )
         if self._input.type == "tensor(float16)":
             x = x.astype(np.float16)
-        (output,) = self._session.run([self._output_name], {self._input.name: x})
+        if self._static_batch is None or x.shape[0] == self._static_batch:
+            output = self._run(x)
+        else:
+            output = np.concatenate([self._run_padded(x[i : i + self._static_batch]) for i in
+                                     range(0, x.shape[0], self._static_batch)])  # fmt: skip
         check_output(output, x.shape, self.card, self.model_path)
         return to_probabilities(output, self.card)
+
+    def _run(self, x: NDArray[Any]) -> NDArray[Any]:
+        (output,) = self._session.run([self._output_name], {self._input.name: x})
+        return np.asarray(output)
+
+    def _run_padded(self, x: NDArray[Any]) -> NDArray[Any]:
+        """Run a chunk of at most the model's fixed batch size, padding it with zero tiles."""
+        size = self._static_batch or x.shape[0]
+        if x.shape[0] == size:
+            return self._run(x)
+        padded = np.zeros((size, *x.shape[1:]), dtype=x.dtype)
+        padded[: x.shape[0]] = x
+        return self._run(padded)[: x.shape[0]]
 
     def __repr__(self) -> str:
         return f"OnnxBackend('{self.model_path.name}', device={self.device!r}, providers={self.providers})"

@@ -30,14 +30,14 @@ from rasterio.windows import Window
 
 from .. import __version__
 from ..backends import InferenceBackend, load_backend
-from ..errors import CanceledError, InvalidRasterError
+from ..errors import CanceledError
 from ..model_card import ModelCard
 from ..model_file import ModelFile
 from ..progress import NullProgress, ProgressReporter
 from ..raster.reader import RasterSource
 from ..raster.write_behind import RowWriter, WriteBehind
 from ..raster.writer import SegmentationWriter
-from .request import SegmentationRequest, SegmentationResult, check_output_paths, resolve_tiling
+from .request import SegmentationRequest, SegmentationResult, check_output_paths, clamp_tiling, resolve_tiling
 from .stitching import StripAccumulator
 from .tiling import TilingSpec, iter_tile_rows, tile_count
 from .tta import TTA_MODES, Predictor, make_predictor
@@ -215,7 +215,9 @@ def segment_raster(
 
     Raises:
         InvalidInputError: For unusable options (tile size, bands, paths; subclasses name the problem).
-        InvalidRasterError: If the raster is missing, unreadable or contains no valid pixel.
+        InvalidRasterError: If the raster is missing, unreadable or contains no valid pixel, or resampling to the
+            model's resolution would multiply its pixel count by more than 16.
+        ModelLoadError: If the model returns NaN or infinite values, or an output of the wrong shape.
         OutputPathError: If an output cannot be written.
         CanceledError: If ``progress`` reported a cancel; nothing is left at the output paths.
     """
@@ -225,7 +227,8 @@ def segment_raster(
     if model is None:
         model = ModelFile.open(request.model_path)
     card = model.card
-    spec = resolve_tiling(request, card)
+    fixed_size = model.input_size_px if model.kind == "onnx" else None
+    spec = resolve_tiling(request, card, fixed_size)
     batch_size = request.batch_size or int(getattr(card, "batch_size", 0) or DEFAULT_BATCH_SIZE)
     with RasterSource.open(
         Path(request.input_path),
@@ -234,9 +237,28 @@ def segment_raster(
         resample_to_model_gsd=request.resample_to_model_gsd,
         extent=request.extent,
         mask_geometries=request.mask_geometries,
+        value_scaling=request.value_scaling,
+        names=request.option_names,
     ) as source:
         if not source.georeferenced:
             _say(reporter, f"'{request.input_path}' has no georeference; segmenting its pixel grid.", logging.WARNING)
+        if not source.resolution_warned:  # a warning was already logged on opening: say it once
+            _say(reporter, source.resolution_line)
+        if source.scaling_line:
+            _say(reporter, source.scaling_line)
+        if fixed_size is not None:
+            if request.tile_size_px is None:
+                _say(
+                    reporter,
+                    f"Model '{card.name}' takes a fixed {spec.tile_size_px} px square input: tiles of that size.",
+                )
+        else:
+            spec, note = clamp_tiling(
+                spec, source.height, source.width, card.size_divisor_px, request.tile_size_px is not None,
+                request.option_names,
+            )  # fmt: skip
+            if note:
+                _say(reporter, note)
         if backend is None:
             backend = load_backend(
                 model, backend=request.backend, device=request.device, num_threads=request.num_threads
@@ -259,12 +281,7 @@ def segment_raster(
                     batch_size=batch_size,
                     progress=reporter,
                 )
-            if stats.valid_pixel_count == 0:
-                raise InvalidRasterError(
-                    f"Input raster '{request.input_path}' contains no valid pixels (all nodata, masked or outside "
-                    "the extent); check its nodata value, bands, EXTENT and MASK."
-                )
-            writer.commit()
+            writer.commit()  # fails with "contains no valid pixels" when no input pixel got a class
     counts = np.asarray(writer.class_pixel_counts, dtype=np.int64)
     reporter.set_progress(1.0)
     elapsed = time.perf_counter() - started

@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from ..backends.contract import BackendOption, DeviceOption
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, ModelLoadError
 from ..model_card import ModelCard
+from ..option_names import CLI_OPTION_NAMES, OptionNames
 from ..raster.output_paths import check_output_paths as check_raster_outputs
+from ..raster.value_scaling import ValueScaling, check_value_scaling
 from .stitching import STITCHING_STRATEGIES, stitching_names
 from .tiling import TilingSpec
 from .tta import TTA_MODES, TtaMode
@@ -20,6 +22,7 @@ __all__ = [
     "SegmentationRequest",
     "SegmentationResult",
     "check_output_paths",
+    "clamp_tiling",
     "resolve_tiling",
 ]
 
@@ -42,10 +45,14 @@ class SegmentationRequest:
         extent: Process only inside ``(xmin, ymin, xmax, ymax)`` in the raster's CRS.
         mask_geometries: Process only inside these GeoJSON geometries (raster CRS).
         resample_to_model_gsd: Resample to the card's ground sampling distance before inference.
+        value_scaling: How raw values map to the model's range: ``card`` (its ``input_value_range``), ``minmax`` or
+            ``percentile`` (each band's own range; see :mod:`engine.raster.value_scaling`).
         stitching: A name from :data:`engine.inference.stitching.STITCHING_STRATEGIES`.
         tta: A name from :data:`engine.inference.tta.TTA_MODES` (``"flip"`` is 3x the model work, ``"d4"`` 8x).
         cog: Write Cloud Optimized GeoTIFFs.
         num_threads: CPU threads for the backend; None = the backend's default.
+        option_names: How the front end spells the options that messages advise (command-line flags by default;
+            the QGIS plugin passes its Processing parameter names).
     """
 
     input_path: Path
@@ -61,10 +68,12 @@ class SegmentationRequest:
     extent: tuple[float, float, float, float] | None = None
     mask_geometries: tuple[Mapping[str, Any], ...] | None = None
     resample_to_model_gsd: bool = True
+    value_scaling: ValueScaling = "card"
     stitching: str = "gaussian"
     tta: TtaMode = "none"
     cog: bool = False
     num_threads: int | None = None
+    option_names: OptionNames = CLI_OPTION_NAMES
 
     def __post_init__(self) -> None:
         """Check the options that do not need the model or the raster."""
@@ -76,6 +85,7 @@ class SegmentationRequest:
             raise InvalidInputError(
                 f"Unknown test-time augmentation '{self.tta}'; choose one of: {', '.join(TTA_MODES)}."
             )
+        check_value_scaling(self.value_scaling)
         if self.batch_size is not None and self.batch_size < 1:
             raise InvalidInputError(f"Batch size must be at least 1, got {self.batch_size}.")
         if self.num_threads is not None and self.num_threads < 1:
@@ -113,26 +123,86 @@ class SegmentationResult:
     elapsed_s: float
 
 
-def resolve_tiling(request: SegmentationRequest, card: ModelCard) -> TilingSpec:
-    """The tile size and overlap of a run: the request's, else the card's, checked against the model.
+def resolve_tiling(
+    request: SegmentationRequest, card: ModelCard, model_input_size_px: tuple[int, int] | None = None
+) -> TilingSpec:
+    """The tile size and overlap of a run: the request's, else the model's fixed input size, else the card's.
+
+    Args:
+        request: The run (its ``tile_size_px`` and ``overlap_px``; None = from the model).
+        card: The model card.
+        model_input_size_px: The (height, width) an ONNX model's input is fixed to, None where it is dynamic.
 
     Raises:
         InvalidInputError: If the tile size is not a multiple of the card's ``size_divisor_px`` (the message
-            names the nearest valid size) or the overlap does not fit the tile.
+            names the nearest valid size), differs from the model's fixed input size, or the overlap does not fit.
+        ModelLoadError: If the model's fixed input is not square (the engine cuts square tiles).
     """
-    tile = card.tile_size_px if request.tile_size_px is None else request.tile_size_px
-    divisor = card.size_divisor_px
-    if tile < 1 or tile % divisor:
-        nearest = max(divisor, round(tile / divisor) * divisor)
-        raise InvalidInputError(
-            f"Tile size {tile} px does not fit model '{card.name}', which needs a multiple of {divisor} px; "
-            f"use a tile size of {nearest} px."
-        )
+    names = request.option_names
+    if model_input_size_px is not None:
+        height, width = model_input_size_px
+        if height != width:
+            raise ModelLoadError(
+                f"Model '{card.name}' takes a fixed {width} x {height} px input; the engine cuts square tiles. "
+                "Re-export the model with a square or a dynamic input size."
+            )
+        if request.tile_size_px is not None and request.tile_size_px != height:
+            raise InvalidInputError(
+                f"Model '{card.name}' takes a fixed {height} x {height} px input, so tiles must be {height} px, not "
+                f"{request.tile_size_px}; use {names.tile_size_default} (or {names.tile(height)})."
+            )
+        tile = height
+    else:
+        tile = card.tile_size_px if request.tile_size_px is None else request.tile_size_px
+        divisor = card.size_divisor_px
+        if tile < 1 or tile % divisor:
+            nearest = max(divisor, round(tile / divisor) * divisor)
+            raise InvalidInputError(
+                f"Tile size {tile} px does not fit model '{card.name}', which needs a multiple of {divisor} px; "
+                f"use a tile size of {nearest} px."
+            )
     overlap = request.overlap_px
     if overlap is None:
         # The card's overlap is meant for the card's tile size; keep it unless it would eat half a smaller tile.
         overlap = card.overlap_px if card.overlap_px < tile // 2 else tile // 4
     return TilingSpec(tile, overlap)
+
+
+def clamp_tiling(
+    spec: TilingSpec,
+    height: int,
+    width: int,
+    size_divisor_px: int,
+    requested: bool = True,
+    names: OptionNames = CLI_OPTION_NAMES,
+) -> tuple[TilingSpec, str]:
+    """Shrink a tile larger than the raster to the smallest size that still covers it in one tile.
+
+    A tile is read, run and blended whole: one larger than the raster (padded to the model's size divisor) only
+    costs memory and time (a 100,000 px tile would need a 112 GiB read buffer). Not for models with a fixed input
+    size, whose tiles must keep it.
+
+    Args:
+        spec: The tiling from :func:`resolve_tiling`.
+        height: Rows of the processing grid.
+        width: Columns of the processing grid.
+        size_divisor_px: The card's size divisor (tile edges are multiples of it).
+        requested: Whether the user asked for this tile size (else it is the card's), for the message.
+        names: How the front end spells the tile-size option.
+
+    Returns:
+        The tiling to use, and the line saying so ("" when nothing changed).
+    """
+    cover = -(-max(height, width) // size_divisor_px) * size_divisor_px
+    if spec.tile_size_px <= cover:
+        return spec, ""
+    overlap = spec.overlap_px if spec.overlap_px < cover else cover // 4
+    source = names.tile(spec.tile_size_px) if requested else "the model card's"
+    note = (
+        f"Tile size {spec.tile_size_px:,} px ({source}) is larger than the {width:,} x {height:,} px processing "
+        f"grid: using {cover:,} px, the smallest tile that covers it."
+    )
+    return TilingSpec(cover, overlap), note
 
 
 def check_output_paths(request: SegmentationRequest) -> None:

@@ -74,6 +74,9 @@ def make_predictor(backend: InferenceBackend, num_classes: int, tta: str = "none
         num_classes: K from the model card.
         tta: A name from :data:`TTA_MODES`.
 
+    The predictor raises :class:`~engine.errors.ModelLoadError` for an output of the wrong shape and for NaN or
+    infinite values (naming their share), which would otherwise become nodata or wrong classes without a word.
+
     Raises:
         InvalidInputError: If ``tta`` is unknown.
     """
@@ -86,6 +89,15 @@ def make_predictor(backend: InferenceBackend, num_classes: int, tta: str = "none
             raise ModelLoadError(
                 f"The model returned an output of shape {probs.shape} for input {batch.shape}, expected {expected}; "
                 "the model card's class list or the model's output size does not match the model. Fix the card."
+            )
+        finite = np.isfinite(probs)
+        if not finite.all():
+            share = 1.0 - float(finite.mean())
+            raise ModelLoadError(
+                f"The model returned NaN or infinite values for {_share(share)} of its outputs on a batch of "
+                f"{batch.shape[0]} tile{'s' if batch.shape[0] != 1 else ''}; no class can be taken from them and "
+                "nothing was written. The model is broken for this input: check its card's normalisation and value "
+                "range, or re-export it (in float32 if it was float16)."
             )
         return probs
 
@@ -100,3 +112,10 @@ def make_predictor(backend: InferenceBackend, num_classes: int, tta: str = "none
         return total
 
     return averaged
+
+
+def _share(share: float) -> str:
+    """A share for messages: ``100 %``, ``2.5 %``, ``0.0012 %``."""
+    if share >= 0.999995:
+        return "100 %"
+    return f"{100 * share:.2g} %" if share < 0.01 else f"{100 * share:.1f} %"

@@ -135,25 +135,37 @@ def _find_band(layout: BandLayout, name: str, used: set[int]) -> int | None:
 
 @dataclass(frozen=True)
 class Normalizer:
-    """Maps raw band values to the model's input: scale ``input_value_range`` to [0, 1], then ``(x - mean) / std``.
+    """Maps raw band values to the model's input: scale each band's ``[low, high]`` to [0, 1], then ``(x - mean) / std``.
 
     Attributes:
-        low: Raw value mapped to 0.
-        high: Raw value mapped to 1.
-        mean: Per-band mean, in model band order.
-        std: Per-band standard deviation, in model band order.
+        low: Per-band raw value mapped to 0, in model band order.
+        high: Per-band raw value mapped to 1.
+        mean: Per-band mean.
+        std: Per-band standard deviation.
+        clip: Clip the scaled values to [0, 1] (for per-band ranges from the raster's own statistics).
     """
 
-    low: float
-    high: float
+    low: tuple[float, ...]
+    high: tuple[float, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    clip: bool = False
 
     @classmethod
-    def from_card(cls, card: ModelCard) -> Normalizer:
-        """The normaliser the card describes."""
-        low, high = card.input_value_range
-        return cls(low=low, high=high, mean=card.norm_mean, std=card.norm_std)
+    def from_card(cls, card: ModelCard, ranges: Sequence[tuple[float, float]] | None = None) -> Normalizer:
+        """The normaliser the card describes, or with per-band ``ranges`` (then clipped) instead of its value range."""
+        if ranges is None:
+            low, high = card.input_value_range
+            return cls(
+                low=(low,) * card.num_bands, high=(high,) * card.num_bands, mean=card.norm_mean, std=card.norm_std
+            )
+        return cls(
+            low=tuple(float(r[0]) for r in ranges),
+            high=tuple(float(r[1]) for r in ranges),
+            mean=card.norm_mean,
+            std=card.norm_std,
+            clip=True,
+        )
 
     def __call__(self, raw: NDArray[np.generic]) -> NDArray[np.float32]:
         """Normalise a (C, h, w) block of raw values (any numeric dtype) to float32."""
@@ -161,13 +173,18 @@ class Normalizer:
         work = (
             np.float64 if raw.dtype.itemsize > 4 or (raw.dtype.kind in "iu" and raw.dtype.itemsize > 2) else np.float32
         )
-        scale = 1.0 / (self.high - self.low)
+        low: NDArray[Any] = np.asarray(self.low, dtype=work)[:, None, None]
+        scale: NDArray[Any] = (1.0 / (np.asarray(self.high, np.float64) - np.asarray(self.low, np.float64))).astype(
+            work
+        )[:, None, None]
         mean: NDArray[Any] = np.asarray(self.mean, dtype=work)[:, None, None]
         inv_std: NDArray[Any] = (1.0 / np.asarray(self.std, dtype=np.float64)).astype(work)[:, None, None]
         values: NDArray[Any] = np.asarray(raw, dtype=work)
-        values = (values - work(self.low)) * work(scale)
+        values = (values - low) * scale
+        if self.clip:
+            np.clip(values, 0.0, 1.0, out=values)
         return np.asarray((values - mean) * inv_std, dtype=np.float32)
 
     def raw_value_for_zero(self) -> tuple[float, ...]:
         """Raw value per band that normalises to 0 (the band mean), used to pad outside the raster."""
-        return tuple(self.low + m * (self.high - self.low) for m in self.mean)
+        return tuple(lo + m * (hi - lo) for lo, hi, m in zip(self.low, self.high, self.mean, strict=True))

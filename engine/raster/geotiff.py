@@ -7,6 +7,7 @@ rows of the raster) is complete and then written once, so no compressed block is
 from __future__ import annotations
 
 import logging
+import warnings
 
 # Only ever parses the .aux.xml sidecar GDAL wrote for our own temporary output, never user input.
 import xml.etree.ElementTree as ET  # nosec B405
@@ -20,6 +21,7 @@ import rasterio
 from affine import Affine
 from numpy.typing import NDArray
 from rasterio.crs import CRS
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import DatasetWriter
 from rasterio.windows import Window
 
@@ -50,13 +52,14 @@ class OutputGrid:
     Attributes:
         height: Rows.
         width: Columns.
-        transform: Affine transform of the grid.
+        transform: Affine transform of the grid, or None to write no geotransform (the input had none: GDAL and
+            QGIS then use the same pixel grid for both, where an explicit identity would draw upside down).
         crs: CRS, or None for a raster without georeference.
     """
 
     height: int
     width: int
-    transform: Affine
+    transform: Affine | None
     crs: CRS | None
 
 
@@ -93,10 +96,16 @@ class GridFiles:
         tags: Mapping[str, str],
     ) -> GridFiles:
         """Create the GeoTIFFs (colour table, band descriptions, scales, nodata and tags set up front)."""
-        georef = {"height": grid.height, "width": grid.width, "transform": grid.transform, "crs": grid.crs}
-        classes = rasterio.open(
-            classes_path, "w", count=1, dtype="uint8", nodata=NODATA_CLASS, **georef, **_COMMON_PROFILE
-        )
+        georef: dict[str, Any] = {"height": grid.height, "width": grid.width}
+        if grid.transform is not None:
+            georef["transform"] = grid.transform
+        if grid.crs is not None:
+            georef["crs"] = grid.crs
+        with warnings.catch_warnings():  # a grid without geotransform is meant: rasterio need not warn
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            classes = rasterio.open(
+                classes_path, "w", count=1, dtype="uint8", nodata=NODATA_CLASS, **georef, **_COMMON_PROFILE
+            )
         heatmaps = None
         try:
             classes.write_colormap(1, _colormap(card))
@@ -105,10 +114,12 @@ class GridFiles:
             if heatmaps_path is not None:
                 # K UInt16 bands dominate the writing cost: level 3 with the horizontal predictor wrote smooth
                 # heatmaps 2.6x faster than the default level 6 for files 5 % larger.
-                heatmaps = rasterio.open(
-                    heatmaps_path, "w", count=card.num_classes, dtype="uint16", nodata=HEATMAP_NODATA,
-                    predictor=2, zlevel=3, interleave="band", **georef, **_COMMON_PROFILE,
-                )  # fmt: skip
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                    heatmaps = rasterio.open(
+                        heatmaps_path, "w", count=card.num_classes, dtype="uint16", nodata=HEATMAP_NODATA,
+                        predictor=2, zlevel=3, interleave="band", **georef, **_COMMON_PROFILE,
+                    )  # fmt: skip
                 for band, name in enumerate(card.class_names, start=1):
                     heatmaps.set_band_description(band, name)
                 heatmaps.scales = (1.0 / HEATMAP_SCALE,) * card.num_classes

@@ -13,8 +13,6 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..model_card import NODATA_CLASS
-
 #: Integer total of a valid pixel's heatmap values (one unit = 1e-4 probability).
 HEATMAP_SCALE = 10000
 #: Heatmap value written where there is no prediction.
@@ -82,23 +80,18 @@ def _largest_remainder(p: NDArray[np.floating[Any]]) -> NDArray[np.uint16]:
     return result
 
 
-def requantize_heatmaps(warped: NDArray[np.floating[Any]], classes: NDArray[np.uint8]) -> NDArray[np.uint16]:
-    """Re-quantise heatmaps resampled onto another grid, where ``classes`` says which pixels are valid.
+def round_probabilities(probs: NDArray[np.floating[Any]], valid: NDArray[np.bool_]) -> NDArray[np.uint16]:
+    """Probabilities rounded to units of 1e-4 each, for an intermediate grid that is resampled before it is written.
+
+    Cheaper than :func:`quantize_probabilities` (a pixel's values may sum to within K/2 units of
+    :data:`HEATMAP_SCALE`): the writer resamples these onto the input grid, takes the classes there and quantises
+    exactly for the heatmaps it writes.
 
     Args:
-        warped: (K, h, w) resampled stored values (any scale; :data:`HEATMAP_NODATA` or non-finite where none).
-        classes: (h, w) class raster on the same grid; :data:`NODATA_CLASS` marks invalid pixels.
-
-    Returns:
-        (K, h, w) uint16 summing to :data:`HEATMAP_SCALE` on valid pixels; a valid pixel without resampled
-        heatmap values (possible at data edges) gets its whole mass on its class.
+        probs: (K, ...) class probabilities in [0, 1], finite on valid pixels.
+        valid: Mask with the shape of ``probs[0]``; invalid pixels get :data:`HEATMAP_NODATA` in every band.
     """
-    valid = classes != NODATA_CLASS
-    values = np.asarray(warped, dtype=np.float64)
-    missing = ~np.isfinite(values).all(axis=0) | (values >= HEATMAP_NODATA).any(axis=0)
-    values = np.where(missing[None], 0.0, values)
-    fallback = valid & (missing | (values.sum(axis=0) <= 0.0))
-    if fallback.any():
-        one_hot = np.arange(values.shape[0])[:, None] == classes[fallback][None, :]
-        values[:, fallback] = one_hot
-    return quantize_probabilities(values, valid)
+    scaled = np.clip(probs, 0.0, 1.0).astype(np.float32, copy=False) * np.float32(HEATMAP_SCALE)
+    rounded: NDArray[np.uint16] = np.rint(scaled, out=scaled).astype(np.uint16)
+    rounded[:, ~valid] = HEATMAP_NODATA
+    return rounded

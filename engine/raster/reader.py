@@ -2,7 +2,9 @@
 
 A :class:`RasterSource` opens the input raster once and serves tiles on its *processing grid*: the input grid
 itself, or, when the raster's ground sampling distance differs from the card's ``gsd_m`` by more than
-:data:`GSD_TOLERANCE`, a grid with the same bounds at the model's resolution (read through a ``WarpedVRT``).
+:data:`~engine.raster.resolution.GSD_TOLERANCE`, a grid with the same bounds at the model's resolution (read
+through a ``WarpedVRT``; see :mod:`engine.raster.resolution`, which also refuses resamplings that would multiply
+the pixel count by more than 16). Raw values are scaled per :mod:`engine.raster.value_scaling`.
 :class:`~engine.raster.writer.SegmentationWriter` writes the results back on the input grid.
 """
 
@@ -19,22 +21,30 @@ import rasterio
 from affine import Affine
 from numpy.typing import NDArray
 from rasterio.enums import MaskFlags, Resampling
-from rasterio.errors import CRSError, RasterioError
+from rasterio.errors import RasterioError
 from rasterio.io import DatasetReader
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from ..errors import InvalidRasterError
 from ..model_card import ModelCard
+from ..option_names import CLI_OPTION_NAMES, OptionNames
 from .bands import BandLayout, Normalizer, match_bands
 from .regions import RegionFilter
+from .resolution import GSD_TOLERANCE, ResolutionPlan, pixel_size_m, plan_resolution
+from .value_scaling import (
+    BandSample,
+    card_range_advice,
+    check_value_scaling,
+    describe_ranges,
+    sample_bands,
+    scaling_ranges,
+    stored_minmax,
+)
 
 __all__ = ["GSD_TOLERANCE", "RasterSource"]
 
 logger = logging.getLogger(__name__)
-
-#: Relative GSD difference above which tiles are resampled to the model's resolution.
-GSD_TOLERANCE = 0.05
 
 
 class RasterSource:
@@ -52,8 +62,15 @@ class RasterSource:
         transform: The input grid's affine transform.
         processing_transform: The processing grid's affine transform (== ``transform`` unless resampled).
         georeferenced: Whether the raster has a CRS and a geotransform.
+        has_geotransform: Whether the raster has a geotransform other than the identity (outputs copy it exactly:
+            a raster without one gives outputs without one).
         resampled: Whether the processing grid differs from the input grid.
-        input_gsd_m: The raster's pixel size in metres (mean of x and y), None where unknown.
+        input_gsd_m: The raster's pixel size in metres (mean of the two pixel vectors), None where unknown.
+        resolution: The resolution plan (input and model GSD, processing grid).
+        resolution_line: The one line stating the resolutions and the grid.
+        resolution_warned: Whether that line was logged as a warning on opening (resolutions more than 4x apart).
+        value_scaling: ``card``, ``minmax`` or ``percentile``.
+        scaling_line: For ``minmax`` / ``percentile``, the line naming each band's range ("" for ``card``).
     """
 
     def __init__(
@@ -62,7 +79,9 @@ class RasterSource:
         card: ModelCard,
         band_indexes: tuple[int, ...],
         regions: RegionFilter,
-        resample_to_model_gsd: bool,
+        plan: ResolutionPlan,
+        value_scaling: str = "card",
+        names: OptionNames = CLI_OPTION_NAMES,
     ) -> None:
         self.path = Path(dataset.name)
         self.card = card
@@ -72,25 +91,58 @@ class RasterSource:
         self.crs = dataset.crs
         self.transform: Affine = dataset.transform
         self.georeferenced = _is_georeferenced(dataset)
-        self.input_gsd_m = _gsd_m(dataset) if self.georeferenced else None
+        self.has_geotransform = dataset.transform != Affine.identity()
+        self.resolution = plan
+        self.input_gsd_m = plan.input_gsd_m
+        self.value_scaling = value_scaling
         self._dataset = dataset
         self._regions = regions
-        self._normalizer = Normalizer.from_card(card)
         self._closed = False
-        grid = _processing_grid(dataset, card, self.input_gsd_m) if resample_to_model_gsd else None
         self._reader: DatasetReader | WarpedVRT = dataset
-        self.processing_transform: Affine = dataset.transform
-        self.height: int = dataset.height
-        self.width: int = dataset.width
-        self.resampled = grid is not None
-        if grid is not None:
-            self.processing_transform, self.height, self.width = grid
-            self._reader = _warped_reader(dataset, self.processing_transform, self.height, self.width, card)
-            logger.info(
-                "Resampling %s from %.3g m to the model's %.3g m: processing grid %d x %d (input %d x %d).",
-                self.path.name, self.input_gsd_m, card.gsd_m, self.width, self.height,
-                self.input_width, self.input_height,
-            )  # fmt: skip
+        self._warped_alpha: int | None = None
+        self._normalizer, self.scaling_line = self._choose_normalizer(value_scaling, names)
+        self.processing_transform: Affine = plan.transform(dataset.transform)
+        self.height: int = plan.height_px
+        self.width: int = plan.width_px
+        self.resampled = plan.resampled
+        if self.resampled:
+            self._reader, self._warped_alpha = _warped_reader(
+                dataset, self.processing_transform, self.height, self.width
+            )
+        self.resolution_line, self.resolution_warned = plan.message(f"'{self.path.name}'", names)
+        if self.resolution_warned:
+            logger.warning("%s", self.resolution_line)
+
+    def _choose_normalizer(self, value_scaling: str, names: OptionNames) -> tuple[Normalizer, str]:
+        """The normaliser of the chosen value scaling, and the line describing it (warn when ``card`` misfits)."""
+        dataset, card = self._dataset, self.card
+        dtypes = [dataset.dtypes[b - 1] for b in self.band_indexes]
+        if value_scaling == "card" and set(dtypes) == {card.input_dtype}:
+            return Normalizer.from_card(card), ""  # the common case: no sample is read
+        sample = self._sample()
+        if value_scaling == "card":
+            advice = card_range_advice(f"'{self.path.name}'", dtypes, card, sample, names)
+            if advice:
+                logger.warning("%s", advice)
+            return Normalizer.from_card(card), ""
+        stored = [stored_minmax(dataset.tags(b)) for b in self.band_indexes]
+        ranges = scaling_ranges(value_scaling, sample, stored)
+        if ranges is None:  # nothing valid to measure: the run ends with "contains no valid pixels"
+            return Normalizer.from_card(card), ""
+        return Normalizer.from_card(card, ranges), describe_ranges(value_scaling, card.input_bands, ranges)
+
+    def _sample(self) -> BandSample:
+        def read(window: Window) -> tuple[Any, Any]:
+            try:
+                data = self._dataset.read(self.band_indexes, window=window)
+            except RasterioError as exc:
+                raise InvalidRasterError(
+                    f"Reading {window} of '{self.path}' failed ({exc}); the file may be truncated or corrupt: "
+                    "re-create or re-download it."
+                ) from exc
+            return data, self._inner_valid(self._dataset, window)
+
+        return sample_bands(read, self.input_height, self.input_width, len(self.band_indexes))
 
     @classmethod
     def open(
@@ -101,6 +153,8 @@ class RasterSource:
         resample_to_model_gsd: bool = True,
         extent: tuple[float, float, float, float] | None = None,
         mask_geometries: Sequence[Mapping[str, Any]] | None = None,
+        value_scaling: str = "card",
+        names: OptionNames = CLI_OPTION_NAMES,
     ) -> RasterSource:
         """Open a raster for the model described by ``card``.
 
@@ -112,11 +166,16 @@ class RasterSource:
             resample_to_model_gsd: Read on a grid at the card's ``gsd_m`` when the raster's differs.
             extent: ``(xmin, ymin, xmax, ymax)`` in the raster's CRS; pixels outside are invalid.
             mask_geometries: GeoJSON polygon geometries in the raster's CRS; pixels outside all of them are invalid.
+            value_scaling: ``card``, ``minmax`` or ``percentile`` (see :mod:`engine.raster.value_scaling`).
+            names: How the front end spells the options its messages advise.
 
         Raises:
-            InvalidRasterError: If the file is missing or unreadable, or its bands do not fit the model.
-            InvalidInputError: If the extent or the mask geometries are malformed or miss the raster.
+            InvalidRasterError: If the file is missing or unreadable, its bands do not fit the model, or resampling
+                to the model's resolution would multiply the pixel count by more than 16.
+            InvalidInputError: If the extent or the mask geometries are malformed or miss the raster, or the value
+                scaling is unknown.
         """
+        check_value_scaling(value_scaling)
         path = Path(path)
         name = str(path)
         if not name.startswith("/vsi") and "://" not in name and not path.exists():
@@ -134,8 +193,10 @@ class RasterSource:
             )
             band_indexes = match_bands(layout, card, bands, raster_name=f"'{path.name}'")
             regions = RegionFilter.create(extent, mask_geometries, dataset.bounds)
-            _warn_about_input(dataset, card, band_indexes)
-            return cls(dataset, card, band_indexes, regions, resample_to_model_gsd)
+            _warn_about_georeference(dataset)
+            plan = _plan(dataset, card, resample_to_model_gsd)
+            plan.check(f"'{path.name}'", names)
+            return cls(dataset, card, band_indexes, regions, plan, value_scaling, names)
         except BaseException:
             dataset.close()
             raise
@@ -242,6 +303,16 @@ class RasterSource:
 
     def _inner_valid(self, reader: DatasetReader | WarpedVRT, inner: Window) -> NDArray[np.bool_]:
         """GDAL mask of a window inside the raster: alpha > 0, internal mask, or any band not nodata."""
+        if reader is self._reader and self._warped_alpha is not None:
+            # The warped view's added alpha band carries every kind of source validity (nodata, NaN nodata,
+            # internal masks, the footprint); its bands' own mask flags say "all valid" whatever the source had.
+            try:
+                alpha = reader.read(self._warped_alpha, window=inner)
+            except RasterioError as exc:
+                raise InvalidRasterError(
+                    f"Reading the mask of '{self.path}' failed ({exc}); is the file complete?"
+                ) from exc
+            return np.asarray(alpha > 0, dtype=bool)
         flags = [reader.mask_flag_enums[b - 1] for b in self.band_indexes]
         shape = (int(inner.height), int(inner.width))
         if all(MaskFlags.all_valid in f for f in flags):
@@ -278,40 +349,26 @@ def _is_georeferenced(dataset: DatasetReader) -> bool:
     return dataset.crs is not None and dataset.transform != Affine.identity()
 
 
-def _gsd_m(dataset: DatasetReader) -> float | None:
-    """Mean pixel size in metres of a north-up raster in a projected CRS; None where it cannot be known."""
-    crs, transform = dataset.crs, dataset.transform
-    if crs is None or not crs.is_projected or transform.b != 0 or transform.d != 0:
-        return None
-    try:
-        _, metres_per_unit = crs.linear_units_factor
-    except (CRSError, ValueError):  # exotic CRS definitions without linear units: treat the GSD as unknown
-        return None
-    return float((abs(transform.a) + abs(transform.e)) / 2.0 * metres_per_unit)
+def _plan(dataset: DatasetReader, card: ModelCard, resample: bool) -> ResolutionPlan:
+    """The resolution plan of ``dataset`` for ``card``: its GSD from the pixel vectors, the processing grid."""
+    pixel_m = None
+    reason = ""
+    if not _is_georeferenced(dataset):
+        reason = "no georeference"
+    else:
+        pixel_m = pixel_size_m(dataset.crs, dataset.transform, dataset.width, dataset.height)
+        if pixel_m is None:
+            reason = "its CRS has no usable units"
+    return plan_resolution(dataset.width, dataset.height, pixel_m, card.gsd_m, resample, reason)
 
 
-def _processing_grid(
-    dataset: DatasetReader, card: ModelCard, input_gsd_m: float | None
-) -> tuple[Affine, int, int] | None:
-    """Grid with the raster's bounds at the card's GSD, or None when no resampling is wanted."""
-    if card.gsd_m is None or input_gsd_m is None:
-        return None
-    if abs(input_gsd_m - card.gsd_m) <= GSD_TOLERANCE * card.gsd_m:
-        return None
-    factor = input_gsd_m / card.gsd_m
-    height = max(1, round(dataset.height * factor))
-    width = max(1, round(dataset.width * factor))
-    # Same bounds exactly: the pixel size is the card's GSD up to the rounding of the grid size.
-    transform = dataset.transform * Affine.scale(dataset.width / width, dataset.height / height)
-    return transform, height, width
-
-
-def _warped_reader(dataset: DatasetReader, transform: Affine, height: int, width: int, card: ModelCard) -> WarpedVRT:
-    downsampling = width < dataset.width
+def _warped_reader(dataset: DatasetReader, transform: Affine, height: int, width: int) -> tuple[WarpedVRT, int | None]:
+    """The view of ``dataset`` on the processing grid, and the band index of the alpha band it adds (or None)."""
+    downsampling = width < dataset.width or height < dataset.height
     has_alpha = any(ci.name == "alpha" for ci in dataset.colorinterp)
     # An alpha band on the warped view carries every kind of source validity (nodata, internal mask,
     # outside the footprint); a source alpha band already plays that role and is warped as one.
-    return WarpedVRT(
+    vrt = WarpedVRT(
         dataset,
         crs=dataset.crs,
         transform=transform,
@@ -320,27 +377,22 @@ def _warped_reader(dataset: DatasetReader, transform: Affine, height: int, width
         resampling=Resampling.average if downsampling else Resampling.bilinear,
         add_alpha=not has_alpha,
     )
+    return vrt, None if has_alpha else vrt.count
 
 
-def _warn_about_input(dataset: DatasetReader, card: ModelCard, band_indexes: tuple[int, ...]) -> None:
+def _warn_about_georeference(dataset: DatasetReader) -> None:
     name = Path(dataset.name).name
-    if not _is_georeferenced(dataset):
-        if dataset.gcps[0] or dataset.rpcs:
-            logger.warning(
-                "%s is georeferenced only by GCPs/RPCs: processing its pixel grid; the outputs will carry no "
-                "georeference. Warp it first (gdalwarp) for georeferenced outputs.",
-                name,
-            )
-        else:
-            logger.warning(
-                "%s has no georeference (no CRS or geotransform): processing its pixel grid; the outputs will carry "
-                "no georeference either.",
-                name,
-            )
-    dtypes = {dataset.dtypes[b - 1] for b in band_indexes}
-    if dtypes != {card.input_dtype}:
+    if _is_georeferenced(dataset):
+        return
+    if dataset.gcps[0] or dataset.rpcs:
         logger.warning(
-            "%s holds %s values but the model was trained on %s imagery scaled from %s; values are scaled by that "
-            "range anyway. Check the result, or rescale the raster to the model's range.",
-            name, "/".join(sorted(dtypes)), card.input_dtype, card.input_value_range,
-        )  # fmt: skip
+            "%s is georeferenced only by GCPs/RPCs: processing its pixel grid; the outputs will carry no "
+            "georeference. Warp it first (gdalwarp) for georeferenced outputs.",
+            name,
+        )
+    else:
+        logger.warning(
+            "%s has no georeference (no CRS or geotransform): processing its pixel grid; the outputs will carry "
+            "no georeference either.",
+            name,
+        )

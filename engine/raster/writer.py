@@ -2,9 +2,12 @@
 
 Rows arrive in order on the processing grid. They are staged into whole 256-row block rows so every compressed
 block is written exactly once, into temp files beside the outputs. :meth:`SegmentationWriter.commit` resamples
-back to the input grid when the processing grid differs (nearest for classes; bilinear, renormalised and
-re-quantised for heatmaps), optionally converts to COG, and only then moves the files into place with
-``os.replace``. Anything else (:meth:`~SegmentationWriter.abort`, an exception) leaves nothing at the output paths.
+back to the input grid when the processing grid differs, by one rule: the class *probabilities* are resampled
+(:mod:`engine.raster.grid_resampling`: bilinear, or an area average where the processing grid is finer than the
+input) and the class raster is their argmax on the input grid, so every class is a maximum of the heatmaps
+written beside it. It then fails if no input pixel
+got a class, optionally converts to COG, and only then moves the files into place with ``os.replace``. Anything
+else (:meth:`~SegmentationWriter.abort`, an exception) leaves nothing at the output paths.
 """
 
 from __future__ import annotations
@@ -23,14 +26,13 @@ import rasterio.shutil
 from affine import Affine
 from numpy.typing import NDArray
 from rasterio.crs import CRS
-from rasterio.enums import Resampling
-from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from ..errors import OutputPathError
+from ..errors import InvalidRasterError, OutputPathError
 from ..model_card import NODATA_CLASS, ModelCard
 from .geotiff import BLOCK_SIZE_PX, GridFiles, OutputGrid
-from .heatmaps import HEATMAP_NODATA, quantize_probabilities, requantize_heatmaps
+from .grid_resampling import GridResampler
+from .heatmaps import HEATMAP_NODATA, quantize_probabilities, round_probabilities
 from .output_paths import check_output_paths
 
 __all__ = ["SegmentationWriter", "WriterSource"]
@@ -41,6 +43,7 @@ class WriterSource(Protocol):
 
     The writer receives rows on the processing grid and writes the outputs on the input grid; where the two
     differ it resamples back and cuts the result to the input's own validity with :meth:`read_input_valid`.
+    Without ``has_geotransform`` the outputs get no geotransform either, so they lie on the input's pixel grid.
     """
 
     path: Path
@@ -49,6 +52,7 @@ class WriterSource(Protocol):
     height: int
     width: int
     transform: Affine
+    has_geotransform: bool
     processing_transform: Affine
     crs: CRS | None
     resampled: bool
@@ -115,20 +119,24 @@ class SegmentationWriter:
         check_output_paths([self.output_path] + ([self.heatmaps_path] if self.heatmaps_path else []), source.path)
         token = uuid.uuid4().hex[:12]
         self._temps: list[Path] = []
-        input_grid = OutputGrid(source.input_height, source.input_width, source.transform, source.crs)
+        transform = source.transform if source.has_geotransform else None
+        input_grid = OutputGrid(source.input_height, source.input_width, transform, source.crs)
         try:
-            self._final = self._open_grid(input_grid, token, "final", card)
+            final_heatmaps = None if self.heatmaps_path is None else self._temp_path(self.heatmaps_path, token, "final")
+            self._final = self._open_grid(input_grid, token, "final", card, final_heatmaps)
             self._processing: GridFiles | None = None
             if source.resampled:
+                # The probabilities go back to the input grid (the classes are their argmax there), so the
+                # processing grid keeps them even when no heatmaps are asked for.
                 grid = OutputGrid(source.height, source.width, source.processing_transform, source.crs)
-                self._processing = self._open_grid(grid, token, "grid", card)
+                probabilities = self._temp_path(self.output_path, token, "grid-probabilities")
+                self._processing = self._open_grid(grid, token, "grid", card, probabilities)
         except BaseException:
             self.abort()
             raise
 
-    def _open_grid(self, grid: OutputGrid, token: str, kind: str, card: ModelCard) -> GridFiles:
+    def _open_grid(self, grid: OutputGrid, token: str, kind: str, card: ModelCard, heatmaps: Path | None) -> GridFiles:
         classes = self._temp_path(self.output_path, token, kind)
-        heatmaps = None if self.heatmaps_path is None else self._temp_path(self.heatmaps_path, token, kind)
         try:
             return GridFiles.create(grid, classes, heatmaps, card, self._tags)
         except (OSError, rasterio.errors.RasterioError) as exc:
@@ -170,9 +178,14 @@ class SegmentationWriter:
         self._nonfinite_pixels += int((~finite).sum())
         classes = np.argmax(probs, axis=0).astype(np.uint8)
         classes[~valid] = NODATA_CLASS
-        heat = None if self.heatmaps_path is None else quantize_probabilities(probs, valid)
+        target = self._processing or self._final
+        heat = None
+        if self._processing is not None:  # resampled and re-quantised exactly on commit
+            heat = round_probabilities(probs, valid)
+        elif target.heatmaps_path is not None:
+            heat = quantize_probabilities(probs, valid)
         try:
-            (self._processing or self._final).write(row_off, classes, heat)
+            target.write(row_off, classes, heat)
         except (OSError, rasterio.errors.RasterioError) as exc:
             raise _write_error(self.output_path, exc) from exc
         self._next_row = row_off + rows
@@ -202,6 +215,11 @@ class SegmentationWriter:
                 raise _write_error(self.output_path, exc) from exc
             self.class_pixel_counts = self._final.class_pixel_counts
             self.valid_pixel_count = sum(self.class_pixel_counts)
+            if self.valid_pixel_count == 0:  # counted on the input grid, after any resampling back
+                raise InvalidRasterError(
+                    f"Input raster '{self._source.path}' contains no valid pixels (all nodata, masked or outside the "
+                    "extent); check its nodata value, bands, EXTENT and MASK."
+                )
             self._final.write_category_names(self._card)
             finals = self._finalise_files()
             _move_into_place(finals)
@@ -233,41 +251,53 @@ class SegmentationWriter:
     # --- finishing -----------------------------------------------------------------------------------------
 
     def _resample_back(self, grid: GridFiles) -> None:
-        """Resample the processing-grid results onto the input grid, block row by block row."""
+        """Resample the processing grid's probabilities onto the input grid; the classes are their argmax there.
+
+        Bilinear along an axis where the input grid is finer than the processing grid, area average where it is
+        coarser (:mod:`engine.raster.grid_resampling`: the two grids share their bounds). A valid input pixel
+        that no resampled value reaches takes the nearest processing pixel's probabilities. Memory: one chunk
+        of at most 256 x 4096 input pixels (fewer columns when the processing grid is finer) at a time.
+        """
         source, final = self._source, self._final
-        warp = {"crs": source.crs, "transform": source.transform, "height": source.input_height}
-        with (
-            rasterio.open(grid.classes_path) as classes_src,
-            WarpedVRT(classes_src, width=source.input_width, resampling=Resampling.nearest, **warp) as classes_vrt,
-        ):
-            heat_src = None if grid.heatmaps_path is None else rasterio.open(grid.heatmaps_path)
-            try:
-                heat_vrt = None
-                if heat_src is not None:
-                    heat_vrt = WarpedVRT(
-                        heat_src, width=source.input_width, resampling=Resampling.bilinear, dtype="float32",
-                        src_nodata=HEATMAP_NODATA, nodata=HEATMAP_NODATA, **warp,
-                    )  # fmt: skip
-                for row_off in range(0, source.input_height, BLOCK_SIZE_PX):
-                    rows = min(BLOCK_SIZE_PX, source.input_height - row_off)
-                    classes = np.empty((rows, source.input_width), dtype=np.uint8)
-                    heat = None if heat_vrt is None else np.empty((self._card.num_classes, *classes.shape), np.uint16)
-                    for col_off in range(0, source.input_width, _RESAMPLE_CHUNK_PX):
-                        cols = min(_RESAMPLE_CHUNK_PX, source.input_width - col_off)
-                        window = Window(col_off, row_off, cols, rows)
-                        chunk = classes_vrt.read(1, window=window)
-                        if not source.closed:  # cut to the input grid's own nodata / mask / extent exactly
-                            chunk[~source.read_input_valid(window)] = NODATA_CLASS
-                        classes[:, col_off : col_off + cols] = chunk
-                        if heat is not None and heat_vrt is not None:
-                            warped = heat_vrt.read(window=window)
-                            heat[:, :, col_off : col_off + cols] = requantize_heatmaps(warped, chunk)
-                    final.write(row_off, classes, heat)
-                if heat_vrt is not None:
-                    heat_vrt.close()
-            finally:
-                if heat_src is not None:
-                    heat_src.close()
+        if grid.heatmaps_path is None:
+            raise ValueError("the processing grid holds no probabilities to resample")
+        resampler = GridResampler(
+            (source.height, source.width), (source.input_height, source.input_width), HEATMAP_NODATA
+        )
+        denser = max(1.0, (source.height * source.width) / (source.input_height * source.input_width))
+        chunk_px = max(BLOCK_SIZE_PX, int(_RESAMPLE_CHUNK_PX / denser))
+        with rasterio.open(grid.heatmaps_path) as probabilities:
+
+            def read(window: Window) -> NDArray[np.float32]:
+                return np.asarray(probabilities.read(window=window), dtype=np.float32)
+
+            for row_off in range(0, source.input_height, BLOCK_SIZE_PX):
+                rows = min(BLOCK_SIZE_PX, source.input_height - row_off)
+                classes = np.empty((rows, source.input_width), dtype=np.uint8)
+                heat = None
+                if final.heatmaps_path is not None:
+                    heat = np.empty((self._card.num_classes, *classes.shape), dtype=np.uint16)
+                for col_off in range(0, source.input_width, chunk_px):
+                    cols = min(chunk_px, source.input_width - col_off)
+                    window = Window(col_off, row_off, cols, rows)
+                    values, present = resampler.resample(read, window)
+                    # Cut to the input grid's own nodata / mask / extent exactly (when the input is open).
+                    valid = present.copy() if source.closed else source.read_input_valid(window)
+                    missing = valid & ~present
+                    if missing.any():
+                        fallback, has_data = resampler.nearest(read, window)
+                        fill = missing & has_data
+                        values[:, fill] = fallback[:, fill]
+                        present |= fill
+                    valid &= present
+                    chunk = np.argmax(values, axis=0).astype(np.uint8)
+                    chunk[~valid] = NODATA_CLASS
+                    classes[:, col_off : col_off + cols] = chunk
+                    if heat is not None:
+                        # Quantising renormalises each pixel and keeps the order of its values, so the class
+                        # (the argmax above) stays a maximum of the stored heatmaps.
+                        heat[:, :, col_off : col_off + cols] = quantize_probabilities(values, valid)
+                final.write(row_off, classes, heat)
 
     def _finalise_files(self) -> list[tuple[Path, Path]]:
         """(temp, destination) pairs to move, after the optional COG conversion."""

@@ -171,3 +171,58 @@ class SoftmaxBackend:
         logits -= logits.max(axis=1, keepdims=True)
         exp = np.exp(logits)
         return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+#: Centres (in normalised units) of the brightness model's three classes: dark, mid, bright.
+BRIGHTNESS_CENTRES = (-1.5, 0.0, 1.5)
+
+
+def build_brightness_onnx(path: Path, card: ModelCard = TINY_CARD) -> Path:
+    """A model whose class is the band mean's nearest centre (dark / mid / bright): absolute values matter.
+
+    Logits are ``-4 (m - c_k)^2`` for the mean ``m`` of the normalised bands, so unlike the pointwise model, a
+    raster scaled by the wrong range (a 16-bit image under the card's 0-255) gets other classes.
+    """
+    import onnx
+    import torch
+
+    class Brightness(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            centres = torch.tensor(BRIGHTNESS_CENTRES, dtype=x.dtype).view(1, -1, 1, 1)
+            return -4.0 * (x.mean(dim=1, keepdim=True) - centres) ** 2
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer notices
+        _export(Brightness().eval(), path, card)
+    proto = onnx.load(str(path))
+    embed_card(proto, card)
+    onnx.save(proto, str(path))
+    return path
+
+
+def expected_brightness_classes(normalised_mean: NDArray[np.float64]) -> NDArray[np.int64]:
+    """The brightness model's classes for a (H, W) mean of normalised bands (the independent reference)."""
+    centres = np.asarray(BRIGHTNESS_CENTRES)[:, None, None]
+    return np.asarray(np.argmin((normalised_mean[None] - centres) ** 2, axis=0))
+
+
+def build_fixed_size_onnx(path: Path, size_px: int, batch: int = 1, card: ModelCard = TINY_CARD) -> Path:
+    """The pointwise model exported with a fixed (batch, bands, size, size) input, as many Deepness models are."""
+    import onnx
+    import torch
+
+    conv = torch.nn.Conv2d(card.num_bands, card.num_classes, kernel_size=1, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        for k in range(min(card.num_bands, card.num_classes)):
+            conv.weight[k, k, 0, 0] = GAIN
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            conv.eval(), (torch.zeros(batch, card.num_bands, size_px, size_px),), str(path), input_names=["input"],
+            output_names=["logits"], opset_version=17, dynamo=False,
+        )  # fmt: skip
+    proto = onnx.load(str(path))
+    embed_card(proto, card)
+    onnx.save(proto, str(path))
+    return path

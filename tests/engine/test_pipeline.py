@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 from numpy.typing import NDArray
+from rasterio.windows import Window
 
 from engine.errors import CanceledError, InvalidInputError, InvalidRasterError, OutputPathError
 from engine.inference.pipeline import (
@@ -338,3 +339,130 @@ def test_d4_tta_averages_the_eight_dihedral_views_mapped_back() -> None:
     expected[[0, 0, 3, 3], [0, 3, 0, 3]] = 0.25
     np.testing.assert_allclose(probs[0, 0], expected, atol=1e-6)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+
+
+# --- models with a fixed input size, tile clamps, broken outputs (issue 12) ------------------------------------
+
+
+def test_a_fixed_size_onnx_model_sets_the_tile_size_and_says_so(tmp_path: Path) -> None:
+    from tests.engine.pipeline_helpers import build_fixed_size_onnx
+
+    model = build_fixed_size_onnx(tmp_path / "fixed.onnx", size_px=24, batch=1)
+    image = make_image(50, 61, seed=12)
+    raster = write_raster(tmp_path / "in.tif", image)
+    progress = RecordingProgress()
+    out = tmp_path / "c.tif"
+    # batch 3: the model takes exactly one tile per call, the backend splits (and pads) every batch
+    segment_raster(SegmentationRequest(raster, out, model_path=model, batch_size=3, num_threads=1), progress=progress)
+    with rasterio.open(out) as dataset:
+        np.testing.assert_array_equal(dataset.read(1), expected_probs(image).argmax(axis=0))
+        assert dataset.tags()["tile_size_px"] == "24"
+    assert any("fixed 24 px square input" in m for m in progress.messages)
+
+
+def test_a_tile_size_other_than_the_fixed_input_is_one_clear_error(tmp_path: Path) -> None:
+    from tests.engine.pipeline_helpers import build_fixed_size_onnx
+
+    model = build_fixed_size_onnx(tmp_path / "fixed.onnx", size_px=24)
+    raster = write_raster(tmp_path / "in.tif", make_image(30, 30))
+    request = SegmentationRequest(raster, tmp_path / "c.tif", model_path=model, tile_size_px=32)
+    with pytest.raises(InvalidInputError, match=r"fixed 24 x 24 px input, so tiles must be 24 px, not 32; use no "
+                                                r"--tile-size \(or --tile-size 24\)"):  # fmt: skip
+        segment_raster(request)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fixed.onnx", "in.tif"]
+
+
+@pytest.mark.parametrize(("tile", "expected"), [(100_000, 64), (4096, 64), (64, 64), (40, 40)])
+def test_a_tile_larger_than_the_raster_is_clamped_to_the_smallest_that_covers_it(
+    tmp_path: Path, tiny_onnx: Path, tile: int, expected: int
+) -> None:
+    image = make_image(41, 57, seed=13)  # covered by 64 px, the next multiple of the card's divisor 8
+    raster = write_raster(tmp_path / "in.tif", image)
+    progress = RecordingProgress()
+    backend = SoftmaxBackend()
+    out = tmp_path / "c.tif"
+    request = SegmentationRequest(raster, out, model_path=tiny_onnx, tile_size_px=tile, overlap_px=16)
+    segment_raster(request, progress=progress, backend=backend)
+    with rasterio.open(out) as dataset:
+        assert dataset.tags()["tile_size_px"] == str(expected)
+        np.testing.assert_array_equal(dataset.read(1), expected_probs(image).argmax(axis=0))
+    said = [m for m in progress.messages if "is larger than the 57 x 41 px processing grid" in m]
+    assert len(said) == (1 if tile > expected else 0)
+    if said:
+        assert f"--tile-size {tile}" in said[0] and f"using {expected} px" in said[0]
+
+
+def test_nan_outputs_fail_naming_their_share_and_write_nothing(tmp_path: Path, tiny_onnx: Path) -> None:
+    class QuarterNan(SoftmaxBackend):
+        def predict(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+            probs = super().predict(batch)
+            probs[:, :, : batch.shape[2] // 4] = np.nan  # the top quarter of every tile
+            return probs
+
+    raster = write_raster(tmp_path / "in.tif", make_image(32, 32))
+    request = SegmentationRequest(raster, tmp_path / "c.tif", tmp_path / "h.tif", model_path=tiny_onnx)
+    with pytest.raises(InvalidInputError, match=r"NaN or infinite values for 25\.0 % of its outputs"):
+        segment_raster(request, backend=QuarterNan())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+
+
+def test_a_model_outputting_infinity_everywhere_fails_with_100_percent(tmp_path: Path, tiny_onnx: Path) -> None:
+    class Infinite(SoftmaxBackend):
+        def predict(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+            return np.full((batch.shape[0], 3, *batch.shape[2:]), np.inf, np.float32)
+
+    raster = write_raster(tmp_path / "in.tif", make_image(16, 16))
+    with pytest.raises(InvalidInputError, match="100 % of its outputs"):
+        segment_raster(SegmentationRequest(raster, tmp_path / "c.tif", model_path=tiny_onnx), backend=Infinite())
+
+
+def write_nan_raster(path: Path, image: NDArray[np.float32], res_m: float) -> Path:
+    from rasterio.transform import from_origin
+
+    profile = {"driver": "GTiff", "count": 3, "height": image.shape[1], "width": image.shape[2], "dtype": "float32"}
+    with rasterio.open(
+        path, "w", crs="EPSG:32640", transform=from_origin(500000, 2800000, res_m, res_m), nodata=np.nan, **profile
+    ) as dst:
+        dst.write(image)
+    return path
+
+
+def test_an_all_nodata_raster_after_resampling_exits_with_no_valid_pixels(tmp_path: Path) -> None:
+    model = build_tiny_onnx(tmp_path / "tiny1m.onnx", TINY_CARD.replace(gsd_m=1.0))
+    raster = write_nan_raster(tmp_path / "all-nodata.tif", np.full((3, 40, 40), np.nan, np.float32), res_m=0.5)
+    request = SegmentationRequest(raster, tmp_path / "c.tif", tmp_path / "h.tif", model_path=model)
+    with pytest.raises(InvalidRasterError, match="contains no valid pixels"):
+        segment_raster(request)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all-nodata.tif", "tiny1m.onnx"]
+
+
+def test_nan_nodata_stays_invalid_on_the_resampled_grid(tmp_path: Path) -> None:
+    model = build_tiny_onnx(tmp_path / "tiny1m.onnx", TINY_CARD.replace(gsd_m=1.0))
+    image = make_image(40, 48, seed=14).astype(np.float32)
+    image[:, :16] = np.nan
+    raster = write_nan_raster(tmp_path / "in.tif", image, res_m=0.5)
+    from engine.raster.reader import RasterSource
+
+    with RasterSource.open(raster, TINY_CARD.replace(gsd_m=1.0)) as source:
+        assert source.resampled
+        _, valid = source.read_tile(Window(0, 0, source.width, source.height))
+    assert not valid[:8].any() and valid[8:].all()  # before: NaN nodata read as valid zeros on the warped grid
+    result = segment_raster(SegmentationRequest(raster, tmp_path / "c.tif", model_path=model))
+    with rasterio.open(tmp_path / "c.tif") as dataset:
+        classes = dataset.read(1)
+    assert np.all(classes[:16] == NODATA_CLASS) and np.all(classes[16:] != NODATA_CLASS)
+    assert result.valid_pixel_count == 24 * 48
+
+
+def test_a_raster_without_georeference_keeps_its_pixel_grid_exactly(tmp_path: Path, tiny_onnx: Path) -> None:
+    from osgeo import gdal  # independent reader
+
+    raster = write_raster(tmp_path / "plain.tif", make_image(20, 30), georeferenced=False)
+    out, heat = tmp_path / "c.tif", tmp_path / "h.tif"
+    segment_raster(SegmentationRequest(raster, out, heat, model_path=tiny_onnx), backend=SoftmaxBackend())
+    for path in (raster, out, heat):
+        dataset = gdal.Open(str(path))
+        # No geotransform at all, as in the input: QGIS then draws input and outputs on the same pixel grid.
+        assert dataset.GetGeoTransform(can_return_null=True) is None, path
+        assert (dataset.RasterXSize, dataset.RasterYSize) == (30, 20)
+        dataset = None

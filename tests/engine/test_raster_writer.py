@@ -173,34 +173,71 @@ def test_cog_output_keeps_colours_names_scales_and_tags(make_geotiff: MakeGeoTif
 # --- resampled grids ------------------------------------------------------------------------------------
 
 
-def test_outputs_of_a_resampled_run_are_on_the_input_grid(make_geotiff: MakeGeoTiff, tmp_path: Path) -> None:
+def resampled_run(
+    make_geotiff: MakeGeoTiff, tmp_path: Path, heatmaps: bool, name: str = "c"
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, int, Path]:
+    """A 0.5 m input with a nodata corner, a 1 m model: (classes, stored heatmaps, grid labels, count, raster)."""
     data = np.random.default_rng(2).integers(1, 255, size=(3, 40, 60), dtype=np.uint8)
     data[:, 30:, 50:] = 0  # a nodata corner on the input grid
     raster = make_geotiff(data, nodata=0, res_m=0.5, photometric="RGB")
     card = make_tiny_card(gsd_m=1.0)
-    out, heat = tmp_path / "c.tif", tmp_path / "h.tif"
+    out, heat = tmp_path / f"{name}.tif", (tmp_path / f"{name}_h.tif" if heatmaps else None)
     with RasterSource.open(raster, card) as source:
         assert (source.height, source.width) == (20, 30)
         grid_labels = label_pattern(20, 30)
         with SegmentationWriter(source, out, heat, card, {}) as writer:
             write_all(writer, probs_for(grid_labels, seed=6), np.ones((20, 30), dtype=bool), strip=7)
             writer.commit()
-    with rasterio.open(raster) as src, rasterio.open(out) as dst, rasterio.open(heat) as hm:
+    with rasterio.open(raster) as src, rasterio.open(out) as dst:
         assert (dst.crs, dst.transform, dst.shape) == (src.crs, src.transform, src.shape)
-        assert (hm.crs, hm.transform, hm.shape) == (src.crs, src.transform, src.shape)
         classes = dst.read(1)
-        stored = hm.read().astype(np.int64)
-    # Each 1 m processing pixel covers 2 x 2 input pixels: nearest resampling repeats its class.
-    expected = grid_labels.repeat(2, axis=0).repeat(2, axis=1)
+    stored = None
+    if heat is not None:
+        with rasterio.open(raster) as src, rasterio.open(heat) as hm:
+            assert (hm.crs, hm.transform, hm.shape) == (src.crs, src.transform, src.shape)
+            stored = hm.read().astype(np.int64)
+    return classes, stored, grid_labels, writer.valid_pixel_count, raster
+
+
+def test_outputs_of_a_resampled_run_are_on_the_input_grid(make_geotiff: MakeGeoTiff, tmp_path: Path) -> None:
+    classes, stored, grid_labels, valid_count, _ = resampled_run(make_geotiff, tmp_path, heatmaps=True)
+    assert stored is not None
     nodata_corner = np.zeros((40, 60), dtype=bool)
     nodata_corner[30:, 50:] = True
-    np.testing.assert_array_equal(classes[~nodata_corner], expected[~nodata_corner])
+    # Each 1 m processing pixel covers 2 x 2 input pixels. Where its 3 x 3 neighbourhood holds one class, resampling
+    # the probabilities cannot change the class (every bilinear weight falls on that class's pixels).
+    padded = np.pad(grid_labels, 1, mode="edge")
+    uniform = np.ones_like(grid_labels, dtype=bool)
+    for dr in (0, 1, 2):
+        for dc in (0, 1, 2):
+            uniform &= padded[dr : dr + 20, dc : dc + 30] == grid_labels
+    inside = uniform.repeat(2, axis=0).repeat(2, axis=1) & ~nodata_corner
+    expected = grid_labels.repeat(2, axis=0).repeat(2, axis=1)
+    assert inside.sum() > 600
+    np.testing.assert_array_equal(classes[inside], expected[inside])
     assert np.all(classes[nodata_corner] == 255)
     valid = classes != 255
+    np.testing.assert_array_equal(valid, ~nodata_corner)
     assert np.all(stored[:, valid].sum(axis=0) == HEATMAP_SCALE)
     assert np.all(stored[:, ~valid] == 65535)
-    assert writer.valid_pixel_count == int(valid.sum())
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.tif", "c.tif.aux.xml", "h.tif", "raster.tif"]
+    assert valid_count == int(valid.sum())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.tif", "c.tif.aux.xml", "c_h.tif", "raster.tif"]
+
+
+def test_resampled_classes_are_the_argmax_of_the_resampled_heatmaps(make_geotiff: MakeGeoTiff, tmp_path: Path) -> None:
+    classes, stored, _, _, _ = resampled_run(make_geotiff, tmp_path, heatmaps=True)
+    assert stored is not None
+    valid = classes != 255
+    chosen = np.take_along_axis(stored, np.where(valid, classes, 0)[None].astype(np.int64), axis=0)[0]
+    # The class of every valid pixel is a maximum of its stored probabilities (ties: any of the maxima).
+    np.testing.assert_array_equal(chosen[valid], stored.max(axis=0)[valid])
+
+
+def test_resampled_classes_do_not_depend_on_asking_for_heatmaps(make_geotiff: MakeGeoTiff, tmp_path: Path) -> None:
+    with_heatmaps, _, _, _, _ = resampled_run(make_geotiff, tmp_path, heatmaps=True, name="a")
+    without, stored, _, _, _ = resampled_run(make_geotiff, tmp_path, heatmaps=False, name="b")
+    assert stored is None
+    np.testing.assert_array_equal(without, with_heatmaps)
 
 
 def test_raster_without_georeference_gives_outputs_without_georeference(

@@ -7,6 +7,7 @@ import configparser
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -174,3 +175,44 @@ def test_training_in_the_zip_imports_the_engine_inside_the_plugin(plugin_zip):
         if line.strip().startswith(("from engine", "import engine", "from training", "import training"))
     ]
     assert offenders == []
+
+
+def test_qgis_process_lists_the_enums_with_numbers_and_runs_with_them(tmp_path, plugin_zip, tiny_model):
+    profile = tmp_path / "config"
+    plugins = profile / "profiles" / "default" / "python" / "plugins"
+    plugins.mkdir(parents=True)
+    with zipfile.ZipFile(plugin_zip) as archive:
+        archive.extractall(plugins)
+    _qgis_process(["plugins", "enable", "bicorseg_qgis"], profile)
+    help_text = _qgis_process(["help", "bicorseg:segmentlandcover"], profile).stdout
+    for name, options in (
+        ("DEVICE", ("auto", "cpu", "cuda")),
+        ("BACKEND", ("auto", "onnxruntime", "torch")),
+        ("VALUE_SCALING", ("card", "minmax", "percentile")),
+    ):
+        found = re.search(rf"\n{name}: [^\n]*\n\tArgument type:.*?(?=\n\S|\Z)", help_text, re.DOTALL)
+        assert found, help_text
+        block = found.group(0)
+        assert "Argument type:\tenum" in block, block
+        for number, option in enumerate(options):
+            assert f"- {number}: {option}" in block, block
+    assert "RESAMPLE: " in help_text
+
+    classes = class_map(32, 40)
+    raster = write_rgb(tmp_path / "input.tif", classes)
+    for device, backend, scaling, name in (("1", "1", "0", "numbers"), ("cpu", "onnxruntime", "card", "strings")):
+        output = tmp_path / f"{name}.tif"
+        run = _qgis_process(
+            ["run", "bicorseg:segmentlandcover", "--", f"INPUT={raster}", f"MODEL={tiny_model}", f"DEVICE={device}",
+             f"BACKEND={backend}", f"VALUE_SCALING={scaling}", "RESAMPLE=false", f"OUTPUT={output}"],
+            profile,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "DEVICE_USED:\tcpu" in run.stdout and "BACKEND_USED:\tonnxruntime" in run.stdout
+        with rasterio.open(output) as out:
+            np.testing.assert_array_equal(out.read(1), classes)
+    refused = _qgis_process(
+        ["run", "bicorseg:segmentlandcover", "--", f"INPUT={raster}", "DEVICE=3", f"OUTPUT={tmp_path / 'x.tif'}"],
+        profile,
+    )
+    assert refused.returncode != 0 and "DEVICE" in refused.stdout + refused.stderr

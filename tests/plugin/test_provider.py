@@ -9,7 +9,7 @@ pytestmark = pytest.mark.qgis
 
 FROZEN_SEGMENT_PARAMETERS = [
     "INPUT", "MODEL", "DEVICE", "BACKEND", "BANDS", "EXTENT", "MASK",
-    "TILE_SIZE", "OVERLAP", "BATCH_SIZE", "OUTPUT", "HEATMAPS",
+    "TILE_SIZE", "OVERLAP", "BATCH_SIZE", "RESAMPLE", "VALUE_SCALING", "OUTPUT", "HEATMAPS",
 ]  # fmt: skip
 
 
@@ -34,7 +34,12 @@ def test_segment_parameters_match_the_design_table(qgis_app):
 
 
 @pytest.mark.parametrize(
-    ("name", "options"), [("DEVICE", ["auto", "cpu", "cuda"]), ("BACKEND", ["auto", "onnxruntime", "torch"])]
+    ("name", "options"),
+    [
+        ("DEVICE", ["auto", "cpu", "cuda"]),
+        ("BACKEND", ["auto", "onnxruntime", "torch"]),
+        ("VALUE_SCALING", ["card", "minmax", "percentile"]),
+    ],
 )
 def test_enums_store_static_strings_so_models_survive_new_options(qgis_app, name, options):
     alg = QgsApplication.processingRegistry().algorithmById("bicorseg:segmentlandcover")
@@ -42,7 +47,18 @@ def test_enums_store_static_strings_so_models_survive_new_options(qgis_app, name
     assert isinstance(param, QgsProcessingParameterEnum)
     assert param.usesStaticStrings()
     assert param.options() == options
-    assert param.defaultValue() == "auto"
+    assert param.defaultValue() == options[0]
+    clone = param.clone()  # Processing clones definitions (batch, models): the copy still takes option numbers
+    assert clone.checkValueIsAcceptable("1") and clone.checkValueIsAcceptable(options[1])
+    assert not clone.checkValueIsAcceptable("3") and not clone.checkValueIsAcceptable("other")
+
+
+def test_resample_is_a_boolean_defaulting_to_true(qgis_app):
+    from qgis.core import QgsProcessingParameterBoolean
+
+    alg = QgsApplication.processingRegistry().algorithmById("bicorseg:segmentlandcover")
+    param = alg.parameterDefinition("RESAMPLE")
+    assert isinstance(param, QgsProcessingParameterBoolean) and param.defaultValue() is True
 
 
 def test_install_dependencies_profile_is_a_static_string_enum_with_a_folder_output(qgis_app):
