@@ -371,3 +371,21 @@ def test_hbis_heatmaps_are_resampled_back_to_the_input_grid(tmp_path: Path, heat
     assert (dataset.height, dataset.width) == (48, 40) and not raw.mask.any()
     np.testing.assert_allclose(values.sum(axis=0), 1.0, atol=1e-9)
     assert dataset.descriptions == TINY_CARD.class_names
+
+
+def test_a_torch_checkpoint_gives_the_same_hbis_heatmaps_as_its_onnx_export(tmp_path: Path, tiny_bicorseg) -> None:
+    model, card, _ = tiny_bicorseg
+    card = card.replace(architecture_args={"backbone": "atto", "embed_dim": 32})
+    checkpoint = tmp_path / "tiny_bicorseg.pt"
+    torch.save({"state_dict": model.state_dict(), "model_card": card.to_json()}, checkpoint)
+    onnx_path = export_quiet(model, card, tmp_path / "tiny_bicorseg.onnx", heatmaps=True)
+    raster = write_raster(tmp_path / "in.tif", make_image(64, 96, seed=8))
+    written = {}
+    for name, path in (("torch", checkpoint), ("onnx", onnx_path)):
+        hbis = tmp_path / f"hbis_{name}.tif"
+        code, err = run_main(["segment", str(raster), "-o", str(tmp_path / f"c_{name}.tif"), "--hbis-heatmaps",
+                              str(hbis), "--hbis-layer", "0", "--model", str(path), "--device", "cpu", "-q"])  # fmt: skip
+        assert code == 0, err
+        written[name] = read_probabilities(hbis)[0]
+    np.testing.assert_allclose(written["torch"], written["onnx"], atol=3e-4)
+    np.testing.assert_allclose(written["torch"].sum(axis=0), 1.0, atol=1e-9)
