@@ -44,6 +44,10 @@ class BiCoRSegProvider(QgsProcessingProvider):
         """The engine writes GeoTIFF only."""
         return ["tif", "tiff"]
 
+    def supportedOutputVectorLayerExtensions(self) -> list[str]:
+        """The formats the engine's vector output writes (GeoPackage first: the default)."""
+        return ["gpkg", "fgb", "geojson"]
+
     def loadAlgorithms(self) -> None:
         """Register every algorithm explicitly (no discovery magic)."""
         for algorithm in (

@@ -1,8 +1,10 @@
-"""Styles for the outputs: paletted class layer, pseudocolour heatmaps, QML sidecars, one layer-tree group.
+"""Styles for the outputs: paletted class layer, pseudocolour heatmaps, class polygons, QML sidecars, one group.
 
 Renderers are built from the model card's class names and colours. The QML files written beside the outputs
 (``classes.tif`` -> ``classes.qml``) are what QGIS loads by default with the file, so the style survives
-``qgis_process`` and later sessions; the GeoTIFF's own colour table keeps it in other GIS software.
+``qgis_process`` and later sessions; the GeoTIFF's own colour table keeps it in other GIS software. The class
+polygons' style goes into the GeoPackage itself (its ``layer_styles`` table, as the default style), so it never
+collides with the class raster's QML when both outputs share a name; other vector formats get a QML sidecar.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from qgis.core import (
+    QgsCategorizedSymbolRenderer,
     QgsColorRampShader,
+    QgsFillSymbol,
     QgsGradientColorRamp,
     QgsLayerTreeGroup,
     QgsMapLayer,
@@ -23,7 +27,9 @@ from qgis.core import (
     QgsRasterDataProvider,
     QgsRasterLayer,
     QgsRasterShader,
+    QgsRendererCategory,
     QgsSingleBandPseudoColorRenderer,
+    QgsVectorLayer,
 )
 from qgis.PyQt.QtGui import QColor
 
@@ -59,6 +65,52 @@ def heatmap_renderer(provider: QgsRasterDataProvider, band: int) -> QgsSingleBan
     renderer.setClassificationMin(0.0)
     renderer.setClassificationMax(1.0)
     return renderer
+
+
+#: Field of the class polygons that the categorised renderer classifies on (written by the engine).
+CLASS_INDEX_FIELD = "class_index"
+
+
+def class_vector_renderer(class_names: Sequence[str], class_colors: Sequence[str]) -> QgsCategorizedSymbolRenderer:
+    """Categorised renderer on ``class_index``: class i filled with ``class_colors[i]``, labelled ``class_names[i]``."""
+    categories = []
+    for index, (name, colour) in enumerate(zip(class_names, class_colors, strict=True)):
+        outline = QColor(colour).darker(150).name()
+        symbol = QgsFillSymbol.createSimple({"color": colour, "outline_color": outline, "outline_width": "0.1"})
+        categories.append(QgsRendererCategory(index, symbol, name))
+    return QgsCategorizedSymbolRenderer(CLASS_INDEX_FIELD, categories)
+
+
+def style_class_vector_layer(layer: QgsVectorLayer, class_names: Sequence[str], class_colors: Sequence[str]) -> None:
+    """Apply the class colours to a loaded class polygon layer."""
+    layer.setRenderer(class_vector_renderer(class_names, class_colors))
+    layer.triggerRepaint()
+
+
+def write_class_vector_style(
+    vector_path: Path, class_raster_path: Path, class_names: Sequence[str], class_colors: Sequence[str]
+) -> Path | None:
+    """Store the polygons' style where QGIS finds it by default; returns the QML written, or None.
+
+    A GeoPackage keeps it inside (default style of its layer); other formats get ``<name>.qml`` beside them,
+    unless that is the class raster's own QML (same folder and name), which is never overwritten.
+    """
+    layer = QgsVectorLayer(str(vector_path), vector_path.stem, "ogr")
+    if not layer.isValid():
+        raise OSError(f"Cannot open the class polygons '{vector_path}' to style them.")
+    style_class_vector_layer(layer, class_names, class_colors)
+    if vector_path.suffix.lower() == ".gpkg":
+        message = layer.saveStyleToDatabase("land cover classes", "class colours from the model card", True, "")
+        if message:
+            raise OSError(f"Cannot store the style in '{vector_path}': {message}")
+        return None
+    qml = vector_path.with_suffix(".qml")
+    if qml == sidecar_qml_path(class_raster_path):
+        return None
+    message, saved = layer.saveNamedStyle(str(qml))
+    if not saved:
+        raise OSError(f"Cannot write the style file '{qml}': {message}")
+    return qml
 
 
 def style_class_layer(layer: QgsRasterLayer, class_names: Sequence[str], class_colors: Sequence[str]) -> None:
@@ -101,16 +153,27 @@ def _save_qml(layer: QgsRasterLayer, raster_path: Path) -> Path:
 
 
 class OutputGroup:
-    """One layer-tree group shared by every output of one run (QGIS 3.22's LayerDetails has no groupName)."""
+    """One layer-tree group shared by every output of one run (QGIS 3.22's LayerDetails has no groupName).
 
-    def __init__(self, name: str) -> None:
+    A group may sit inside another one (:meth:`subgroup`), e.g. the HBIS heatmaps inside the run's group.
+    """
+
+    def __init__(self, name: str, parent: OutputGroup | None = None) -> None:
         self.name = name
+        self.parent = parent
         self._group: QgsLayerTreeGroup | None = None
 
+    def subgroup(self, name: str) -> OutputGroup:
+        """A group inside this one, created (last in this group) when its first layer arrives."""
+        return OutputGroup(name, parent=self)
+
     def node(self, project: QgsProject) -> QgsLayerTreeGroup:
-        """The run's group, created at the top of the layer tree on first use."""
+        """The group's node, created on first use: at the top of the layer tree, or last in its parent group."""
         if self._group is None:
-            self._group = project.layerTreeRoot().insertGroup(0, self.name)
+            if self.parent is None:
+                self._group = project.layerTreeRoot().insertGroup(0, self.name)
+            else:
+                self._group = self.parent.node(project).addGroup(self.name)
         return self._group
 
     def adopt(self, layer: QgsMapLayer, project: QgsProject, position: int = -1, visible: bool = True) -> None:
@@ -146,6 +209,25 @@ class ClassLayerPostProcessor(QgsProcessingLayerPostProcessorInterface):
         if not isinstance(layer, QgsRasterLayer):
             return
         style_class_layer(layer, self.class_names, self.class_colors)
+        self.group.adopt(layer, _project_of(context), position=0)
+
+
+class ClassVectorPostProcessor(QgsProcessingLayerPostProcessorInterface):
+    """Styles the loaded class polygons with the card's colours (categorised on class_index), in the run's group."""
+
+    def __init__(self, class_names: Sequence[str], class_colors: Sequence[str], group: OutputGroup) -> None:
+        super().__init__()
+        self.class_names = tuple(class_names)
+        self.class_colors = tuple(class_colors)
+        self.group = group
+
+    def postProcessLayer(
+        self, layer: QgsMapLayer, context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> None:
+        """Runs on the main thread once the layer is in the project."""
+        if not isinstance(layer, QgsVectorLayer):
+            return
+        style_class_vector_layer(layer, self.class_names, self.class_colors)
         self.group.adopt(layer, _project_of(context), position=0)
 
 

@@ -79,6 +79,17 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
 
 _positive_int = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
+_layer_index = _int_at_least(-1)
+
+
+def _square_metres(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected square metres such as 100 or 2.5, got '{text}'") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite area >= 0 in m², got '{text}'")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,6 +102,19 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("input", type=Path, metavar="INPUT", help="raster to segment (GeoTIFF, VRT, ...)")
     segment.add_argument("-o", "--output", type=Path, required=True, metavar="CLASSES.tif", help="class raster")
     segment.add_argument("--heatmaps", type=Path, metavar="HEAT.tif", help="per-class probability raster")
+    segment.add_argument(
+        "--hbis-heatmaps", type=Path, metavar="PATH", help="BiCoR-Seg's HBIS class heatmaps of one layer (GeoTIFF)"
+    )
+    segment.add_argument(
+        "--hbis-layer", type=_layer_index, default=-1, metavar="N", help="HBIS layer from 0; -1 = the last (default)"
+    )
+    segment.add_argument(
+        "--vector", type=Path, metavar="PATH", help="class polygons (.gpkg, .fgb or .geojson; class, name, area)"
+    )
+    segment.add_argument(
+        "--min-area", type=_square_metres, default=0.0, metavar="M2",
+        help="with --vector: merge regions smaller than this many m² into their largest neighbour first",
+    )  # fmt: skip
     segment.add_argument("--model", type=Path, metavar="PATH", help=".onnx or checkpoint; default: embedded model")
     segment.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     segment.add_argument("--backend", choices=("auto", "onnxruntime", "torch"), default="auto")
@@ -222,6 +246,10 @@ def _segment(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             tta=args.tta,
             cog=args.cog,
             num_threads=args.threads,
+            hbis_heatmaps_path=args.hbis_heatmaps,
+            hbis_layer=args.hbis_layer,
+            vector_path=args.vector,
+            min_area_m2=args.min_area,
         )
         with TqdmProgress(description=args.input.name, stream=err, disable=args.quiet) as progress:
             result = segment_raster(request, progress=progress)
@@ -230,6 +258,10 @@ def _segment(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     summary = {
         "output": str(result.output_path),
         "heatmaps": None if result.heatmaps_path is None else str(result.heatmaps_path),
+        "hbis_heatmaps": None if result.hbis_heatmaps_path is None else str(result.hbis_heatmaps_path),
+        "hbis_layer": result.hbis_layer,
+        "vector": None if result.vector_path is None else str(result.vector_path),
+        "vector_features": result.vector_feature_count,
         "model": result.card.name,
         "model_sha256": result.model_sha256,
         "backend": result.backend,
@@ -242,7 +274,8 @@ def _segment(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     }
     if args.json:
         out.write(json.dumps(summary, indent=2) + "\n")
-    written = str(result.output_path) + ("" if result.heatmaps_path is None else f" and {result.heatmaps_path}")
+    extras = [p for p in (result.heatmaps_path, result.hbis_heatmaps_path, result.vector_path) if p is not None]
+    written = ", ".join(str(p) for p in (result.output_path, *extras))
     err.write(f"wrote {written}: {result.valid_pixel_count} classified pixels in {result.elapsed_s:.1f} s\n")
     return EXIT_OK
 

@@ -36,22 +36,31 @@ __all__ = [
     "INPUT_NAME",
     "MIN_ARGMAX_AGREEMENT",
     "OUTPUT_NAME",
+    "add_hbis_outputs",
     "check_onnx_parity",
     "export_checked",
     "export_checkpoint_file",
     "export_onnx",
+    "heatmap_output_name",
     "parity_sizes",
     "state_dict_sha256",
 ]
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+#: Name of HBIS layer i's heatmap output is ``HEATMAP_OUTPUT_PREFIX + str(i)`` (``heatmap_0``, ``heatmap_1``, ...).
+HEATMAP_OUTPUT_PREFIX = "heatmap_"
 #: Largest tolerated |torch - onnxruntime| logit difference of a float32 export.
 DEFAULT_ATOL = 1e-3
 #: Smallest tolerated share of pixels whose arg-max class agrees between torch and the float32 export.
 MIN_ARGMAX_AGREEMENT = 0.999
 #: Edge of the dummy input used for tracing; a multiple of every model's size divisor in this project.
 _TRACE_SIZE_PX = 64
+
+
+def heatmap_output_name(layer: int) -> str:
+    """The ONNX output holding HBIS layer ``layer``'s heatmap logits (B, K, h, w): ``heatmap_<layer>``."""
+    return f"{HEATMAP_OUTPUT_PREFIX}{layer}"
 
 
 def state_dict_sha256(model: nn.Module) -> str:
@@ -131,10 +140,11 @@ def export_onnx(model: nn.Module, card: ModelCard, path: str | Path, opset: int 
                 "fix the card's class_names."
             )
         num_heatmaps = len(probe.heatmaps) if heatmaps else 0
-        output_names = [OUTPUT_NAME] + [f"heatmap_{i}" for i in range(num_heatmaps)]
+        output_names = [OUTPUT_NAME] + [heatmap_output_name(i) for i in range(num_heatmaps)]
         dynamic_axes = {name: {0: "batch", 2: "height", 3: "width"} for name in [INPUT_NAME, *output_names]}
         for i in range(num_heatmaps):  # heatmaps live at their layer's resolution, not the input's
-            dynamic_axes[f"heatmap_{i}"] = {0: "batch", 2: f"heatmap_{i}_height", 3: f"heatmap_{i}_width"}
+            name = heatmap_output_name(i)
+            dynamic_axes[name] = {0: "batch", 2: f"{name}_height", 3: f"{name}_width"}
         wrapper = _logits_wrapper(model, num_heatmaps)
         card = card.replace(weights_sha256=state_dict_sha256(model))
         try:
@@ -172,6 +182,56 @@ def export_onnx(model: nn.Module, card: ModelCard, path: str | Path, opset: int 
         model.train(was_training)
     logger.info("Exported %s to %s (opset %d, %d heatmap outputs)", card.architecture, path, opset, num_heatmaps)
     return path
+
+
+def add_hbis_outputs(proto: Any, num_classes: int) -> int:
+    """Expose the HBIS heatmap logits already computed inside an exported BiCoR-Seg graph as ``heatmap_<i>`` outputs.
+
+    For an ONNX file exported without ``heatmaps=True``: the tensors exist in the graph, unnamed. HBIS layer i's
+    heatmap logits are the input of its class softmax, the node ``/model/layers.<i>/Softmax`` (H_soft =
+    softmax(S / tau) over classes, axis 1) that :func:`export_onnx` names after the module path. The tensor is
+    renamed ``heatmap_<i>`` and declared as an output (B, K, h, w), exactly as a fresh export with
+    ``heatmaps=True`` names it; no node is added or changed, so the logits are computed as before.
+
+    Args:
+        proto: The ``onnx.ModelProto``, changed in place.
+        num_classes: K, for the declared output shape.
+
+    Returns:
+        The number of heatmap outputs the graph has afterwards (0 if it has no HBIS layers).
+
+    Raises:
+        ModelLoadError: If a layer's softmax is not over the classes (not the graph this function knows).
+    """
+    from onnx import TensorProto, helper
+
+    graph = proto.graph
+    outputs = {o.name for o in graph.output}
+    nodes = {node.name: node for node in graph.node}
+    layer = 0
+    while (softmax := nodes.get(f"/model/layers.{layer}/Softmax")) is not None:
+        name = heatmap_output_name(layer)
+        if name not in outputs:
+            axis = next((helper.get_attribute_value(a) for a in softmax.attribute if a.name == "axis"), -1)
+            if softmax.op_type != "Softmax" or axis != 1 or len(softmax.input) != 1:
+                raise ModelLoadError(
+                    f"Node {softmax.name} is not the HBIS class softmax (op {softmax.op_type}, axis {axis}); this "
+                    "graph was not exported by engine.export. Re-export the checkpoint with heatmaps instead."
+                )
+            _rename_tensor(graph, softmax.input[0], name)
+            dims: list[str | int | None] = ["batch", num_classes, f"{name}_height", f"{name}_width"]
+            graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, dims))
+        layer += 1
+    return layer
+
+
+def _rename_tensor(graph: Any, old: str, new: str) -> None:
+    for node in graph.node:
+        node.input[:] = [new if name == old else name for name in node.input]
+        node.output[:] = [new if name == old else name for name in node.output]
+    kept = [info for info in graph.value_info if info.name != old]  # the new output declares the tensor
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
 
 
 def _default_file_mode() -> int:

@@ -10,7 +10,7 @@ import sys
 from types import TracebackType
 from typing import Any, Protocol, Self, TextIO, runtime_checkable
 
-__all__ = ["NullProgress", "ProgressReporter", "TqdmProgress"]
+__all__ = ["NullProgress", "ProgressReporter", "SubProgress", "TqdmProgress"]
 
 
 @runtime_checkable
@@ -105,3 +105,28 @@ class TqdmProgress:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
         self.close()
+
+
+class SubProgress:
+    """A part of another reporter's range: fractions 0..1 here map to ``start .. start + span`` there.
+
+    Cancellation and messages pass through unchanged.
+    """
+
+    def __init__(self, parent: ProgressReporter, start: float, span: float) -> None:
+        """Map this reporter onto ``[start, start + span]`` of ``parent``."""
+        self._parent = parent
+        self._start = start
+        self._span = span
+
+    def set_progress(self, fraction: float) -> None:
+        """Report ``start + span * fraction`` to the parent."""
+        self._parent.set_progress(self._start + self._span * min(max(fraction, 0.0), 1.0))
+
+    def is_canceled(self) -> bool:
+        """Whether the parent was canceled."""
+        return self._parent.is_canceled()
+
+    def log(self, message: str) -> None:
+        """Pass the message on."""
+        self._parent.log(message)

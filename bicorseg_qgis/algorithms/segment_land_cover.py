@@ -24,12 +24,13 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterVectorDestination,
     QgsRasterLayer,
     QgsUnitTypes,
 )
 
 from .. import styling
-from ..compat import FILE_BEHAVIOR_FILE, NUMBER_INTEGER, POLYGON_SOURCE, mark_advanced
+from ..compat import FILE_BEHAVIOR_FILE, NUMBER_DOUBLE, NUMBER_INTEGER, POLYGON_SOURCE, mark_advanced
 from ..feedback import FeedbackProgress
 from ..layer_input import raster_input
 from ..parameters import StaticStringEnum, enum_choice
@@ -70,6 +71,10 @@ class SegmentLandCoverAlgorithm(BiCoRSegAlgorithm):
     BATCH_SIZE = "BATCH_SIZE"
     OUTPUT = "OUTPUT"
     HEATMAPS = "HEATMAPS"
+    HBIS_HEATMAPS = "HBIS_HEATMAPS"
+    HBIS_LAYER = "HBIS_LAYER"
+    VECTOR_OUTPUT = "VECTOR_OUTPUT"
+    MIN_AREA = "MIN_AREA"
     DEVICE_USED = "DEVICE_USED"
     BACKEND_USED = "BACKEND_USED"
     CLASS_STATISTICS = "CLASS_STATISTICS"
@@ -103,6 +108,13 @@ class SegmentLandCoverAlgorithm(BiCoRSegAlgorithm):
             "TILE_SIZE, BATCH_SIZE: 0 takes the model card's values (a model with a fixed input size sets the tile "
             "size); OVERLAP: -1 takes the card's. A tile larger than the raster is shrunk to one that covers it.\n"
             "OUTPUT: class raster (UInt8, colour table and class names). HEATMAPS: one probability band per class.\n"
+            "HBIS_HEATMAPS (BiCoR-Seg models only): the class heatmaps of one HBIS layer, i.e. how similar each "
+            "pixel's features are to each class's embedding inside the model, as per-class probabilities (softmax "
+            "over classes), one band per class. HBIS_LAYER picks the layer: 0 is the first, -1 (default) the last.\n"
+            "VECTOR_OUTPUT: the classes as polygons (GeoPackage, FlatGeobuf or GeoJSON) with class_index, "
+            "class_name and area_m2 (planar in a projected CRS, on the ellipsoid in a geographic one). MIN_AREA "
+            "(m²): regions smaller than this merge into their largest neighbour first (the class raster is "
+            "unchanged).\n"
             "A CSV of the area of each class is written beside OUTPUT."
         )
 
@@ -174,6 +186,47 @@ class SegmentLandCoverAlgorithm(BiCoRSegAlgorithm):
                 self.HEATMAPS, self.tr("Class probability heatmaps"), optional=True, createByDefault=False
             )
         )
+        self.addParameter(
+            QgsProcessingParameterRasterDestination(
+                self.HBIS_HEATMAPS,
+                self.tr("HBIS class heatmaps (BiCoR-Seg models)"),
+                optional=True,
+                createByDefault=False,
+            )
+        )
+        self.addParameter(
+            mark_advanced(
+                QgsProcessingParameterNumber(
+                    self.HBIS_LAYER,
+                    self.tr("HBIS layer of the class heatmaps (0 = first, -1 = last)"),
+                    NUMBER_INTEGER,
+                    defaultValue=-1,
+                    optional=True,  # graphical models saved before this parameter existed stay valid
+                    minValue=-1,
+                )
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterVectorDestination(
+                self.VECTOR_OUTPUT,
+                self.tr("Land cover polygons"),
+                POLYGON_SOURCE,
+                optional=True,
+                createByDefault=False,
+            )
+        )
+        self.addParameter(
+            mark_advanced(
+                QgsProcessingParameterNumber(
+                    self.MIN_AREA,
+                    self.tr("Minimum polygon area in m² (smaller regions merge into their largest neighbour)"),
+                    NUMBER_DOUBLE,
+                    defaultValue=0.0,
+                    optional=True,  # graphical models saved before this parameter existed stay valid
+                    minValue=0.0,
+                )
+            )
+        )
         self.addOutput(QgsProcessingOutputString(self.DEVICE_USED, self.tr("Device used")))
         self.addOutput(QgsProcessingOutputString(self.BACKEND_USED, self.tr("Backend used")))
         self.addOutput(QgsProcessingOutputFile(self.CLASS_STATISTICS, self.tr("Class area statistics (CSV)")))
@@ -228,6 +281,8 @@ class SegmentLandCoverAlgorithm(BiCoRSegAlgorithm):
             self.VALID_PIXELS: result.valid_pixel_count,
         }
         outputs[self.HEATMAPS] = str(result.heatmaps_path) if result.heatmaps_path is not None else None
+        outputs[self.HBIS_HEATMAPS] = None if result.hbis_heatmaps_path is None else str(result.hbis_heatmaps_path)
+        outputs[self.VECTOR_OUTPUT] = None if result.vector_path is None else str(result.vector_path)
         return outputs
 
     def build_request(
@@ -262,13 +317,16 @@ class SegmentLandCoverAlgorithm(BiCoRSegAlgorithm):
                 extent = rect
         output = Path(self.parameterAsOutputLayer(parameters, self.OUTPUT, context))
         heatmaps_text = self.parameterAsOutputLayer(parameters, self.HEATMAPS, context)
-        for path in (output, Path(heatmaps_text) if heatmaps_text else None):
-            if path is not None and path.suffix.lower() not in (".tif", ".tiff"):
+        hbis_text = self.parameterAsOutputLayer(parameters, self.HBIS_HEATMAPS, context)
+        vector_text = self.parameterAsOutputLayer(parameters, self.VECTOR_OUTPUT, context)
+        for path in (output, *(Path(text) for text in (heatmaps_text, hbis_text) if text)):
+            if path.suffix.lower() not in (".tif", ".tiff"):
                 raise QgsProcessingException(
                     self.tr("Output '{path}' must be a GeoTIFF (.tif); change its file extension.").format(path=path)
                 )
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)  # as QGIS's own raster writers do
+            path.parent.mkdir(parents=True, exist_ok=True)  # as QGIS's own raster writers do
+        if vector_text:
+            Path(vector_text).parent.mkdir(parents=True, exist_ok=True)
         mask = self._mask_geometries(parameters, context, layer)
         card = model.card
         progress = FeedbackProgress(feedback, 0.0, RENDER_PROGRESS_PERCENT)
@@ -292,6 +350,10 @@ class SegmentLandCoverAlgorithm(BiCoRSegAlgorithm):
             resample_to_model_gsd=self.parameterAsBoolean(parameters, self.RESAMPLE, context),
             value_scaling=enum_choice(self, parameters, self.VALUE_SCALING, context),
             option_names=PROCESSING_OPTION_NAMES,
+            hbis_heatmaps_path=Path(hbis_text) if hbis_text else None,
+            hbis_layer=self.parameterAsInt(parameters, self.HBIS_LAYER, context),
+            vector_path=Path(vector_text) if vector_text else None,
+            min_area_m2=self.parameterAsDouble(parameters, self.MIN_AREA, context),
         )
         statistics = output.with_name(output.stem + "_class_statistics.csv")
         return request, _Run(layer=layer, statistics_path=statistics, rendered=source.rendered, model=model)
@@ -359,4 +421,21 @@ class SegmentLandCoverAlgorithm(BiCoRSegAlgorithm):
                 str(result.heatmaps_path),
                 styling.HeatmapLayerPostProcessor(names, group, self.tr("{name} probability")),
                 self.tr("Class probabilities"),
+            )
+        if result.hbis_heatmaps_path is not None:
+            styling.write_heatmap_qml(Path(result.hbis_heatmaps_path), band=1)
+            hbis_group = group.subgroup(self.tr("HBIS heatmaps, layer {layer}").format(layer=result.hbis_layer))
+            styling.attach_post_processor(
+                context,
+                str(result.hbis_heatmaps_path),
+                styling.HeatmapLayerPostProcessor(names, hbis_group, self.tr("{name} HBIS heatmap")),
+                self.tr("HBIS class heatmaps"),
+            )
+        if result.vector_path is not None:
+            styling.write_class_vector_style(Path(result.vector_path), Path(result.output_path), names, colours)
+            styling.attach_post_processor(
+                context,
+                str(result.vector_path),
+                styling.ClassVectorPostProcessor(names, colours, group),
+                self.tr("Land cover polygons ({model})").format(model=result.card.name),
             )

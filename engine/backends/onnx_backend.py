@@ -8,10 +8,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import BackendUnavailableError, ModelLoadError
+from ..errors import BackendUnavailableError, InvalidInputError, ModelLoadError
+from ..export import heatmap_output_name
 from ..model_file import ModelFile
 from .contract import check_batch, check_output
 from .devices import choose_device, import_backend_library, onnxruntime_cuda_status
+from .hbis import hbis_probabilities
 from .probabilities import to_probabilities
 from .threads import physical_core_count
 
@@ -27,6 +29,7 @@ class OnnxBackend:
         device_reason: Why this device was chosen.
         providers: Execution providers of the session, in priority order.
         num_threads: Intra-op threads (CPU).
+        hbis_layer_count: HBIS heatmap outputs of the file (0 for models without them).
     """
 
     name = "onnxruntime"
@@ -68,6 +71,9 @@ class OnnxBackend:
         self._input = self._session.get_inputs()[0]
         outputs = [o.name for o in self._session.get_outputs()]
         self._output_name = "logits" if "logits" in outputs else outputs[0]
+        self._heatmap_names = _heatmap_outputs(outputs)
+        #: HBIS layers whose heatmaps the file carries (outputs ``heatmap_0`` .. ``heatmap_<L-1>``).
+        self.hbis_layer_count = len(self._heatmap_names)
         self._check_input()
         shape = self._input.shape
         # Models exported with a fixed batch (Deepness models often take exactly one tile) get batches of that size.
@@ -102,7 +108,39 @@ class OnnxBackend:
 
     def predict(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
         """(B, C, H, W) normalised tiles -> (B, K, H, W) class probabilities."""
-        x = check_batch(batch, self.card)
+        x = self._feed(batch)
+        if self._static_batch is None or x.shape[0] == self._static_batch:
+            output = self._run(x)
+        else:
+            output = np.concatenate([self._run_padded(x[i : i + self._static_batch]) for i in
+                                     range(0, x.shape[0], self._static_batch)])  # fmt: skip
+        check_output(output, x.shape, self.card, self.model_path)
+        return to_probabilities(output, self.card)
+
+    def predict_with_hbis(
+        self, batch: NDArray[np.float32], layer: int
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """Class probabilities and HBIS layer ``layer``'s heatmaps, both (B, K, H, W), from one model call.
+
+        The heatmap output (B, K, h, w) at the layer's resolution is upsampled bilinearly to the tile and turned
+        into per-class probabilities by :func:`engine.backends.hbis.hbis_probabilities`.
+        """
+        if not 0 <= layer < self.hbis_layer_count:
+            raise InvalidInputError(
+                f"HBIS layer {layer} does not exist in '{self.model_path.name}' ({self.hbis_layer_count} layers)."
+            )
+        x = self._feed(batch)
+        output, heat = self._session.run([self._output_name, self._heatmap_names[layer]], {self._input.name: x})
+        check_output(output, x.shape, self.card, self.model_path)
+        if heat.ndim != 4 or heat.shape[:2] != (x.shape[0], self.card.num_classes):
+            raise ModelLoadError(
+                f"Model '{self.model_path.name}' returned {self._heatmap_names[layer]} of shape {heat.shape}; "
+                f"expected ({x.shape[0]}, {self.card.num_classes}, h, w). Re-export it with its heatmaps."
+            )
+        return to_probabilities(output, self.card), hbis_probabilities(heat, x.shape[2], x.shape[3])
+
+    def _feed(self, batch: NDArray[np.float32]) -> NDArray[Any]:
+        x: NDArray[Any] = check_batch(batch, self.card)
         if self._static_size is not None and tuple(x.shape[2:]) != self._static_size:
             height, width = self._static_size
             raise ModelLoadError(
@@ -111,13 +149,7 @@ class OnnxBackend:
             )
         if self._input.type == "tensor(float16)":
             x = x.astype(np.float16)
-        if self._static_batch is None or x.shape[0] == self._static_batch:
-            output = self._run(x)
-        else:
-            output = np.concatenate([self._run_padded(x[i : i + self._static_batch]) for i in
-                                     range(0, x.shape[0], self._static_batch)])  # fmt: skip
-        check_output(output, x.shape, self.card, self.model_path)
-        return to_probabilities(output, self.card)
+        return x
 
     def _run(self, x: NDArray[Any]) -> NDArray[Any]:
         (output,) = self._session.run([self._output_name], {self._input.name: x})
@@ -134,3 +166,12 @@ class OnnxBackend:
 
     def __repr__(self) -> str:
         return f"OnnxBackend('{self.model_path.name}', device={self.device!r}, providers={self.providers})"
+
+
+def _heatmap_outputs(names: list[str]) -> list[str]:
+    """The HBIS heatmap outputs ``heatmap_0``, ``heatmap_1``, ... of a graph, in layer order (contiguous from 0)."""
+    present = set(names)
+    found: list[str] = []
+    while heatmap_output_name(len(found)) in present:
+        found.append(heatmap_output_name(len(found)))
+    return found

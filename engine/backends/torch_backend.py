@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import ModelLoadError
+from ..errors import InvalidInputError, ModelLoadError
 from ..model_file import ModelFile
 from .contract import TensorShapes, check_batch, check_output
 from .devices import choose_device, import_backend_library, torch_cuda_status
@@ -31,6 +31,7 @@ class TorchBackend:
         device_reason: Why this device was chosen.
         amp_dtype: Autocast dtype on CUDA (``"bfloat16"`` where supported, else ``"float16"``); None on CPU or
             when AMP is off.
+        hbis_layer_count: HBIS layers whose heatmaps the model returns (0 for models without them).
     """
 
     name = "torch"
@@ -122,31 +123,75 @@ class TorchBackend:
         self.amp_dtype: str | None = amp_dtype
         self._channels_last = channels_last
         self._torch_device: Any = device
+        #: HBIS layers whose heatmaps the model returns (``heatmap_count`` of BiCoR-Seg; 0 for other models).
+        self.hbis_layer_count = int(getattr(module, "heatmap_count", 0))
 
     def predict(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
         """(B, C, H, W) normalised tiles -> (B, K, H, W) class probabilities."""
         torch = self._torch
         x_np = check_batch(batch, self.card)
         with torch.inference_mode():
-            x = torch.from_numpy(x_np).to(self._torch_device, non_blocking=True)
-            if self._channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            if self.amp_dtype is not None:
-                with torch.autocast("cuda", dtype=getattr(torch, self.amp_dtype)):
-                    output = self._model(x)
-            else:
-                output = self._model(x)
-            logits = output.logits if hasattr(output, "logits") else output
-            if not isinstance(logits, torch.Tensor):
+            output = self._forward(x_np)
+            return self._to_host(self._probabilities(output, x_np.shape))
+
+    def predict_with_hbis(
+        self, batch: NDArray[np.float32], layer: int
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """Class probabilities and HBIS layer ``layer``'s heatmaps, both (B, K, H, W), from one forward pass.
+
+        The layer's heatmap logits (``SegmentationOutput.heatmaps[layer]``, at its own resolution) are upsampled
+        bilinearly to the tile (``align_corners=False``, as BiCoR-Seg's heatmap supervision does) and turned into
+        per-class probabilities with a softmax over the classes, on the device in float32; see
+        :mod:`engine.backends.hbis`.
+        """
+        torch = self._torch
+        x_np = check_batch(batch, self.card)
+        if not 0 <= layer < self.hbis_layer_count:
+            raise InvalidInputError(
+                f"HBIS layer {layer} does not exist in '{self.model_path.name}' ({self.hbis_layer_count} layers)."
+            )
+        with torch.inference_mode():
+            output = self._forward(x_np)
+            probs = self._probabilities(output, x_np.shape)
+            heatmaps = getattr(output, "heatmaps", ())
+            if len(heatmaps) <= layer:
                 raise ModelLoadError(
-                    f"Model '{self.model_path.name}' returned {type(output).__name__}; expected a Tensor or "
-                    "SegmentationOutput."
+                    f"Model '{self.model_path.name}' returned {len(heatmaps)} HBIS heatmaps; expected at least "
+                    f"{layer + 1}. Its model class does not match its declared heatmap count."
                 )
-            logits = logits.float()
-            check_output(logits, x_np.shape, self.card, self.model_path)
-            # Softmax on the device in float32 (stable: torch subtracts the maximum), then one copy to the host.
-            probs = logits if self.card.output_activation == "probabilities" else torch.softmax(logits, dim=1)
-            return np.ascontiguousarray(probs.cpu().numpy(), dtype=np.float32)
+            heat = heatmaps[layer].float()
+            height, width = x_np.shape[2], x_np.shape[3]
+            heat = torch.nn.functional.interpolate(heat, size=(height, width), mode="bilinear", align_corners=False)
+            return self._to_host(probs), self._to_host(torch.softmax(heat, dim=1))
+
+    def _forward(self, x_np: NDArray[np.float32]) -> Any:
+        """The model's raw output for a checked batch (call inside ``inference_mode``)."""
+        torch = self._torch
+        x = torch.from_numpy(x_np).to(self._torch_device, non_blocking=True)
+        if self._channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.amp_dtype is not None:
+            with torch.autocast("cuda", dtype=getattr(torch, self.amp_dtype)):
+                return self._model(x)
+        return self._model(x)
+
+    def _probabilities(self, output: Any, batch_shape: tuple[int, ...]) -> Any:
+        """Class probabilities (B, K, H, W) on the device, float32, from the model's output."""
+        torch = self._torch
+        logits = output.logits if hasattr(output, "logits") else output
+        if not isinstance(logits, torch.Tensor):
+            raise ModelLoadError(
+                f"Model '{self.model_path.name}' returned {type(output).__name__}; expected a Tensor or "
+                "SegmentationOutput."
+            )
+        logits = logits.float()
+        check_output(logits, batch_shape, self.card, self.model_path)
+        # Softmax on the device in float32 (stable: torch subtracts the maximum), then one copy to the host.
+        return logits if self.card.output_activation == "probabilities" else torch.softmax(logits, dim=1)
+
+    @staticmethod
+    def _to_host(values: Any) -> NDArray[np.float32]:
+        return np.ascontiguousarray(values.cpu().numpy(), dtype=np.float32)
 
     def __repr__(self) -> str:
         return f"TorchBackend('{self.model_path.name}', device={self.device!r}, autocast={self.amp_dtype})"

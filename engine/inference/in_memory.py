@@ -57,8 +57,14 @@ class ArraySink:
     def __init__(self, num_classes: int, height: int, width: int) -> None:
         self.probabilities = np.zeros((num_classes, height, width), dtype=np.float32)
 
-    def write_rows(self, row_off: int, probs: NDArray[np.float32], valid: NDArray[np.bool_]) -> None:
-        """Store rows ``row_off..`` of the blended probabilities."""
+    def write_rows(
+        self,
+        row_off: int,
+        probs: NDArray[np.float32],
+        valid: NDArray[np.bool_],
+        extra: NDArray[np.float32] | None = None,
+    ) -> None:
+        """Store rows ``row_off..`` of the blended probabilities (``extra`` channels are not kept)."""
         self.probabilities[:, row_off : row_off + probs.shape[1]] = probs
 
 

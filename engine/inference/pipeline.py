@@ -1,4 +1,4 @@
-"""The segmentation pipeline: raster in, class raster (+ heatmaps) out, in bounded memory.
+"""The segmentation pipeline: raster in, class raster (+ heatmaps, HBIS heatmaps, polygons) out, in bounded memory.
 
 One loop serves the QGIS plugin, the command line and the benchmarks:
 
@@ -30,10 +30,11 @@ from rasterio.windows import Window
 
 from .. import __version__
 from ..backends import InferenceBackend, load_backend
+from ..backends.hbis import hbis_layer_count, resolve_hbis_layer
 from ..errors import CanceledError
 from ..model_card import ModelCard
 from ..model_file import ModelFile
-from ..progress import NullProgress, ProgressReporter
+from ..progress import NullProgress, ProgressReporter, SubProgress
 from ..raster.reader import RasterSource
 from ..raster.write_behind import RowWriter, WriteBehind
 from ..raster.writer import SegmentationWriter
@@ -65,6 +66,14 @@ DEFAULT_BATCH_SIZE = 4
 WRITE_CHUNK_ROWS = 32
 #: Share of the progress bar given to tiles; the rest is finalising the outputs.
 _TILES_SHARE = 0.98
+#: With a vector output: share of the progress bar given to tiles and to polygonizing.
+_VECTOR_RUN_TILES_SHARE = 0.8
+_VECTOR_SHARE = 0.19
+#: How the HBIS heatmap values were made, recorded in their GeoTIFF's tags.
+HBIS_VALUES_TAG = (
+    "softmax over classes of the HBIS heatmap logits (pixel-feature / class-embedding similarity), upsampled "
+    "bilinearly (align_corners=False) to the tile, blended like the class probabilities"
+)
 
 
 class TileSource(Protocol):
@@ -105,18 +114,22 @@ def stitch_raster(
     stitching: str = "gaussian",
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: ProgressReporter | None = None,
+    extra_channels: int = 0,
 ) -> StitchStats:
     """Tile ``source``, run ``predict`` on batches of tiles, blend and stream finished rows to ``writer``.
 
     Args:
         source: Gives normalised (C, T, T) tiles and their (T, T) valid masks, boundless.
-        writer: Receives ``(row_off, probs (K, rows, width), valid (rows, width))`` in row order, each row once.
-        predict: (B, C, T, T) -> (B, K, T, T) class probabilities.
+        writer: Receives ``(row_off, probs (K, rows, width), valid (rows, width))`` in row order, each row once
+            (and ``extra=`` the (E, rows, width) extra channels when ``extra_channels`` > 0).
+        predict: (B, C, T, T) -> (B, K + E, T, T): class probabilities, then E extra channels.
         spec: The tiling.
         num_classes: K.
         stitching: Name of the blending strategy.
         batch_size: Tiles per ``predict`` call.
         progress: Gets a monotonic fraction in [0, 0.98] and is asked about cancellation between batches.
+        extra_channels: E, channels after the class probabilities (BiCoR-Seg's HBIS heatmaps) that are blended
+            with the same weights in the same strip and handed to the writer beside them.
 
     Raises:
         CanceledError: If ``progress`` reports a cancel (the caller aborts the writer).
@@ -124,11 +137,14 @@ def stitch_raster(
     reporter = progress if progress is not None else NullProgress()
     height, width = source.height, source.width
     stats = StitchStats(tile_count=tile_count(height, width, spec))
-    accumulator = StripAccumulator(num_classes, height, width, spec, stitching)
+    accumulator = StripAccumulator(num_classes + extra_channels, height, width, spec, stitching)
     stats.strip_bytes = accumulator.nbytes
 
     def sink(row_off: int, probs: NDArray[np.float32], valid: NDArray[np.bool_]) -> None:
-        writer.write_rows(row_off, probs, valid)
+        if extra_channels:
+            writer.write_rows(row_off, probs[:num_classes], valid, extra=probs[num_classes:])
+        else:
+            writer.write_rows(row_off, probs, valid)
         stats.valid_pixel_count += int(np.count_nonzero(valid))
 
     tiles_seen = 0
@@ -230,6 +246,16 @@ def segment_raster(
     fixed_size = model.input_size_px if model.kind == "onnx" else None
     spec = resolve_tiling(request, card, fixed_size)
     batch_size = request.batch_size or int(getattr(card, "batch_size", 0) or DEFAULT_BATCH_SIZE)
+    # The model is checked before the raster is opened, so a request it cannot serve (an HBIS layer it lacks)
+    # fails before any work or message.
+    if backend is None:
+        backend = load_backend(model, backend=request.backend, device=request.device, num_threads=request.num_threads)
+    hbis_layer = None
+    hbis_tags: dict[str, str] = {}
+    if request.hbis_heatmaps_path is not None:
+        hbis_layer = resolve_hbis_layer(request.hbis_layer, backend, card)
+        count = hbis_layer_count(backend)
+        hbis_tags = {"hbis_layer": str(hbis_layer), "hbis_layer_count": str(count), "hbis_values": HBIS_VALUES_TAG}
     with RasterSource.open(
         Path(request.input_path),
         card,
@@ -259,29 +285,43 @@ def segment_raster(
             )  # fmt: skip
             if note:
                 _say(reporter, note)
-        if backend is None:
-            backend = load_backend(
-                model, backend=request.backend, device=request.device, num_threads=request.num_threads
+        if hbis_layer is not None:
+            _say(
+                reporter, f"HBIS heatmaps of layer {hbis_layer} (layers 0 to {int(hbis_tags['hbis_layer_count']) - 1})."
             )
         _say(reporter, f"Model '{card.name}' runs with {backend.name} on {backend.device}: {backend.device_reason}")
         model_sha256 = model.sha256
         tags = provenance_tags(request, card, model_sha256, spec, batch_size, backend)
+        vector = request.vector
+        tiles_progress: ProgressReporter = reporter
+        if vector is not None:
+            tiles_progress = SubProgress(reporter, 0.0, _VECTOR_RUN_TILES_SHARE / _TILES_SHARE)
         with SegmentationWriter(
-            source, Path(request.output_path), request.heatmaps_path, card, tags, cog=request.cog
-        ) as writer:
+            source, Path(request.output_path), request.heatmaps_path, card, tags, cog=request.cog,
+            hbis_path=request.hbis_heatmaps_path, hbis_tags=hbis_tags, vector=vector,
+        ) as writer:  # fmt: skip
             # The writer counts the classes it writes on the input grid: the one place pixels are counted.
             with WriteBehind(writer) as rows_out:
                 stats = stitch_raster(
                     source,
                     rows_out,
-                    make_predictor(backend, card.num_classes, request.tta),
+                    make_predictor(backend, card.num_classes, request.tta, hbis_layer=hbis_layer),
                     spec,
                     card.num_classes,
                     stitching=request.stitching,
                     batch_size=batch_size,
-                    progress=reporter,
+                    progress=tiles_progress,
+                    extra_channels=0 if hbis_layer is None else card.num_classes,
                 )
-            writer.commit()  # fails with "contains no valid pixels" when no input pixel got a class
+            # fails with "contains no valid pixels" when no input pixel got a class
+            writer.commit(progress=SubProgress(reporter, _VECTOR_RUN_TILES_SHARE, _VECTOR_SHARE))
+        if writer.vector_stats is not None:
+            sieve = writer.vector_stats.sieve_threshold_px
+            _say(
+                reporter,
+                f"Wrote {writer.vector_stats.feature_count} class polygons to '{request.vector_path}'"
+                + (f" (regions under {sieve} px merged into their largest neighbour)." if sieve else "."),
+            )
     counts = np.asarray(writer.class_pixel_counts, dtype=np.int64)
     reporter.set_progress(1.0)
     elapsed = time.perf_counter() - started
@@ -298,4 +338,8 @@ def segment_raster(
         valid_pixel_count=int(counts.sum()),
         tile_count=stats.tile_count,
         elapsed_s=elapsed,
+        hbis_heatmaps_path=None if request.hbis_heatmaps_path is None else Path(request.hbis_heatmaps_path),
+        hbis_layer=hbis_layer,
+        vector_path=None if request.vector_path is None else Path(request.vector_path),
+        vector_feature_count=0 if writer.vector_stats is None else writer.vector_stats.feature_count,
     )

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from ..backends.contract import BackendOption, DeviceOption
+from ..backends.hbis import LAST_HBIS_LAYER
 from ..errors import InvalidInputError, ModelLoadError
 from ..model_card import ModelCard
 from ..option_names import CLI_OPTION_NAMES, OptionNames
 from ..raster.output_paths import check_output_paths as check_raster_outputs
 from ..raster.value_scaling import ValueScaling, check_value_scaling
+from ..raster.vectorize import VectorOutput, check_vector_output
 from .stitching import STITCHING_STRATEGIES, stitching_names
 from .tiling import TilingSpec
 from .tta import TTA_MODES, TtaMode
@@ -53,6 +55,10 @@ class SegmentationRequest:
         num_threads: CPU threads for the backend; None = the backend's default.
         option_names: How the front end spells the options that messages advise (command-line flags by default;
             the QGIS plugin passes its Processing parameter names).
+        hbis_heatmaps_path: BiCoR-Seg's HBIS class heatmaps of one layer to write (GeoTIFF), or None.
+        hbis_layer: Which HBIS layer, from 0 (the paper's H_1); -1 = the last.
+        vector_path: Class polygons to write (``.gpkg``, ``.fgb``, ``.geojson``), or None.
+        min_area_m2: Regions smaller than this (m²) merge into their largest neighbour before polygonizing.
     """
 
     input_path: Path
@@ -74,6 +80,10 @@ class SegmentationRequest:
     cog: bool = False
     num_threads: int | None = None
     option_names: OptionNames = CLI_OPTION_NAMES
+    hbis_heatmaps_path: Path | None = None
+    hbis_layer: int = LAST_HBIS_LAYER
+    vector_path: Path | None = None
+    min_area_m2: float = 0.0
 
     def __post_init__(self) -> None:
         """Check the options that do not need the model or the raster."""
@@ -90,6 +100,28 @@ class SegmentationRequest:
             raise InvalidInputError(f"Batch size must be at least 1, got {self.batch_size}.")
         if self.num_threads is not None and self.num_threads < 1:
             raise InvalidInputError(f"Thread count must be at least 1, got {self.num_threads}.")
+        if self.hbis_layer < LAST_HBIS_LAYER:
+            raise InvalidInputError(
+                f"HBIS layer {self.hbis_layer} is not valid; layers are numbered from 0, and -1 means the last "
+                "(HBIS_LAYER / --hbis-layer)."
+            )
+        if self.hbis_layer != LAST_HBIS_LAYER and self.hbis_heatmaps_path is None:
+            raise InvalidInputError(
+                f"HBIS layer {self.hbis_layer} was chosen but no HBIS heatmaps are written; give HBIS_HEATMAPS / "
+                "--hbis-heatmaps too, or leave the layer at -1."
+            )
+        if self.min_area_m2 and self.vector_path is None:
+            raise InvalidInputError(
+                f"A minimum area of {self.min_area_m2} m² applies to the vector output, which was not asked for; give "
+                "VECTOR_OUTPUT / --vector too, or set the minimum area to 0."
+            )
+
+    @property
+    def vector(self) -> VectorOutput | None:
+        """The vector output asked for (path and minimum area), or None."""
+        if self.vector_path is None:
+            return None
+        return VectorOutput(Path(self.vector_path), float(self.min_area_m2))
 
 
 @dataclass(frozen=True)
@@ -99,6 +131,10 @@ class SegmentationResult:
     Attributes:
         output_path: The class raster written.
         heatmaps_path: The heatmaps written, or None.
+        hbis_heatmaps_path: The HBIS heatmaps written, or None.
+        hbis_layer: The HBIS layer written (0-based, resolved from -1), or None.
+        vector_path: The class polygons written, or None.
+        vector_feature_count: Polygons written (0 without a vector output).
         card: The model card used.
         model_sha256: SHA-256 of the model file.
         backend: Backend that ran the model.
@@ -121,6 +157,10 @@ class SegmentationResult:
     valid_pixel_count: int
     tile_count: int
     elapsed_s: float
+    hbis_heatmaps_path: Path | None = None
+    hbis_layer: int | None = None
+    vector_path: Path | None = None
+    vector_feature_count: int = 0
 
 
 def resolve_tiling(
@@ -210,6 +250,12 @@ def check_output_paths(request: SegmentationRequest) -> None:
 
     Raises:
         OutputPathError: Naming the path and what to do instead (see :func:`engine.raster.output_paths`).
+        InvalidInputError: For a vector output in a format that cannot be written.
+        BackendUnavailableError: For a vector output without GDAL's Python bindings.
     """
-    outputs = [Path(request.output_path)] + ([Path(request.heatmaps_path)] if request.heatmaps_path else [])
-    check_raster_outputs(outputs, Path(request.input_path))
+    rasters = [request.output_path, request.heatmaps_path, request.hbis_heatmaps_path]
+    outputs = [Path(path) for path in rasters if path]
+    vectors = [Path(request.vector_path)] if request.vector_path else []
+    check_raster_outputs(outputs, Path(request.input_path), vector_outputs=vectors)
+    for vector in vectors:
+        check_vector_output(vector)

@@ -14,6 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..backends.contract import InferenceBackend
+from ..backends.hbis import HbisBackend
 from ..errors import InvalidInputError, ModelLoadError
 
 __all__ = ["TTA_MODES", "Predictor", "TtaMode", "make_predictor", "tta_views"]
@@ -66,25 +67,46 @@ def tta_views(mode: str) -> list[View]:
     raise InvalidInputError(f"Unknown test-time augmentation '{mode}'; choose one of: {', '.join(TTA_MODES)}.")
 
 
-def make_predictor(backend: InferenceBackend, num_classes: int, tta: str = "none") -> Predictor:
+def make_predictor(
+    backend: InferenceBackend, num_classes: int, tta: str = "none", hbis_layer: int | None = None
+) -> Predictor:
     """Wrap a backend's ``predict`` with an output-shape check and optional test-time augmentation.
 
     Args:
         backend: The loaded backend.
         num_classes: K from the model card.
         tta: A name from :data:`TTA_MODES`.
+        hbis_layer: Also return this (0-based, already resolved) HBIS layer's heatmaps: the predictor then gives
+            (B, 2K, T, T), the K class probabilities followed by the K heatmap channels, so that TTA, blending and
+            stitching treat both alike (the backend must honour :class:`~engine.backends.hbis.HbisBackend`).
 
     The predictor raises :class:`~engine.errors.ModelLoadError` for an output of the wrong shape and for NaN or
     infinite values (naming their share), which would otherwise become nodata or wrong classes without a word.
 
     Raises:
-        InvalidInputError: If ``tta`` is unknown.
+        InvalidInputError: If ``tta`` is unknown, or ``hbis_layer`` is given for a backend without HBIS heatmaps.
     """
     views = tta_views(tta)
+    hbis_backend = backend if isinstance(backend, HbisBackend) else None
+    if hbis_layer is not None and hbis_backend is None:
+        raise InvalidInputError(f"Backend {backend.name} cannot return HBIS heatmaps; leave HBIS_HEATMAPS empty.")
+
+    def run(batch: Array) -> Array:
+        if hbis_layer is None or hbis_backend is None:
+            return np.asarray(backend.predict(batch), dtype=np.float32)
+        probs, heat = hbis_backend.predict_with_hbis(batch, hbis_layer)
+        if np.shape(heat) != np.shape(probs):
+            raise ModelLoadError(
+                f"The model returned HBIS heatmaps of shape {np.shape(heat)} beside probabilities of shape "
+                f"{np.shape(probs)}; they must match. Re-export the model with its heatmaps."
+            )
+        return np.concatenate([np.asarray(probs, np.float32), np.asarray(heat, np.float32)], axis=1)
+
+    channels = num_classes if hbis_layer is None else 2 * num_classes
 
     def checked(batch: Array) -> Array:
-        probs = np.asarray(backend.predict(batch), dtype=np.float32)
-        expected = (batch.shape[0], num_classes, batch.shape[2], batch.shape[3])
+        probs = run(batch)
+        expected = (batch.shape[0], channels, batch.shape[2], batch.shape[3])
         if probs.shape != expected:
             raise ModelLoadError(
                 f"The model returned an output of shape {probs.shape} for input {batch.shape}, expected {expected}; "

@@ -155,6 +155,11 @@ class BiCoRSeg(SegmentationModel):
         self.classifier = nn.Linear(embed_dim, embed_dim // 16, bias=False)
         self.aux_classifier = nn.Linear(embed_dim, embed_dim // 16, bias=False)
 
+    @property
+    def heatmap_count(self) -> int:
+        """HBIS layers, each returning class heatmaps (``SegmentationOutput.heatmaps`` has this many)."""
+        return len(self.layers)
+
     def fuse_features(self, feats: list[Tensor]) -> Tensor:
         """Project every scale to E channels, resize to the finest (1/4) grid and fuse: F0 (B, E, H/4, W/4)."""
         size = feats[0].shape[-2:]

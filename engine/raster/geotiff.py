@@ -1,4 +1,4 @@
-"""GeoTIFF files on one pixel grid (class raster + optional heatmaps), written in whole block rows.
+"""GeoTIFF files on one pixel grid (class raster + optional heatmaps and HBIS heatmaps), written in whole block rows.
 
 Rows arrive in order in any count; they are staged until a full :data:`BLOCK_SIZE_PX`-row block row (or the last
 rows of the raster) is complete and then written once, so no compressed block is ever rewritten.
@@ -64,7 +64,11 @@ class OutputGrid:
 
 
 class GridFiles:
-    """The class GeoTIFF (and heatmaps GeoTIFF) of one grid, open for writing."""
+    """The class GeoTIFF of one grid, and its probability GeoTIFFs (heatmaps, HBIS heatmaps), open for writing.
+
+    Both probability rasters follow one convention: K UInt16 bands named after the classes, scale
+    ``1 / HEATMAP_SCALE``, nodata :data:`~engine.raster.heatmaps.HEATMAP_NODATA`.
+    """
 
     def __init__(
         self,
@@ -72,12 +76,15 @@ class GridFiles:
         classes: DatasetWriter,
         heatmaps: DatasetWriter | None,
         num_classes: int,
+        hbis: DatasetWriter | None = None,
     ) -> None:
         self.grid = grid
         self.classes_path = Path(classes.name)
         self.heatmaps_path = None if heatmaps is None else Path(heatmaps.name)
+        self.hbis_path = None if hbis is None else Path(hbis.name)
         self._classes_ds: DatasetWriter | None = classes
         self._heatmaps_ds = heatmaps
+        self._hbis_ds = hbis
         self._num_classes = num_classes
         self._counts = np.zeros(num_classes, dtype=np.int64)
         self._stage_row = 0  # first row of the block row being staged
@@ -85,6 +92,7 @@ class GridFiles:
         rows = min(BLOCK_SIZE_PX, grid.height)
         self._class_stage = np.empty((rows, grid.width), dtype=np.uint8)
         self._heat_stage = None if heatmaps is None else np.empty((num_classes, rows, grid.width), dtype=np.uint16)
+        self._hbis_stage = None if hbis is None else np.empty((num_classes, rows, grid.width), dtype=np.uint16)
 
     @classmethod
     def create(
@@ -94,8 +102,20 @@ class GridFiles:
         heatmaps_path: Path | None,
         card: ModelCard,
         tags: Mapping[str, str],
+        hbis_path: Path | None = None,
+        hbis_tags: Mapping[str, str] | None = None,
     ) -> GridFiles:
-        """Create the GeoTIFFs (colour table, band descriptions, scales, nodata and tags set up front)."""
+        """Create the GeoTIFFs (colour table, band descriptions, scales, nodata and tags set up front).
+
+        Args:
+            grid: Size and georeference.
+            classes_path: The class raster.
+            heatmaps_path: The class probabilities, or None.
+            card: Class names and colours.
+            tags: Provenance tags of every file.
+            hbis_path: BiCoR-Seg's HBIS heatmaps, or None.
+            hbis_tags: Further tags of the HBIS heatmaps (which layer, how normalised).
+        """
         georef: dict[str, Any] = {"height": grid.height, "width": grid.width}
         if grid.transform is not None:
             georef["transform"] = grid.transform
@@ -106,39 +126,35 @@ class GridFiles:
             classes = rasterio.open(
                 classes_path, "w", count=1, dtype="uint8", nodata=NODATA_CLASS, **georef, **_COMMON_PROFILE
             )
-        heatmaps = None
+        heatmaps = hbis = None
         try:
             classes.write_colormap(1, _colormap(card))
             classes.set_band_description(1, "class")
             classes.update_tags(**tags)
             if heatmaps_path is not None:
-                # K UInt16 bands dominate the writing cost: level 3 with the horizontal predictor wrote smooth
-                # heatmaps 2.6x faster than the default level 6 for files 5 % larger.
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                    heatmaps = rasterio.open(
-                        heatmaps_path, "w", count=card.num_classes, dtype="uint16", nodata=HEATMAP_NODATA,
-                        predictor=2, zlevel=3, interleave="band", **georef, **_COMMON_PROFILE,
-                    )  # fmt: skip
-                for band, name in enumerate(card.class_names, start=1):
-                    heatmaps.set_band_description(band, name)
-                heatmaps.scales = (1.0 / HEATMAP_SCALE,) * card.num_classes
-                heatmaps.offsets = (0.0,) * card.num_classes
-                heatmaps.update_tags(**tags)
+                heatmaps = _create_probability_raster(heatmaps_path, georef, card, tags)
+            if hbis_path is not None:
+                hbis = _create_probability_raster(hbis_path, georef, card, {**tags, **(hbis_tags or {})})
         except BaseException:
-            classes.close()
-            if heatmaps is not None:
-                heatmaps.close()
+            for ds in (classes, heatmaps, hbis):
+                if ds is not None:
+                    ds.close()
             raise
-        return cls(grid, classes, heatmaps, card.num_classes)
+        return cls(grid, classes, heatmaps, card.num_classes, hbis)
 
     @property
     def class_pixel_counts(self) -> tuple[int, ...]:
         """Pixels written per class so far."""
         return tuple(int(c) for c in self._counts)
 
-    def write(self, row_off: int, classes: NDArray[np.uint8], heatmaps: NDArray[np.uint16] | None) -> None:
-        """Stage rows ``row_off..`` (classes (rows, W), heatmaps (K, rows, W)); full block rows are written."""
+    def write(
+        self,
+        row_off: int,
+        classes: NDArray[np.uint8],
+        heatmaps: NDArray[np.uint16] | None,
+        hbis: NDArray[np.uint16] | None = None,
+    ) -> None:
+        """Stage rows ``row_off..``: classes (rows, W), heatmaps and HBIS heatmaps (K, rows, W); writes full block rows."""
         if row_off != self._stage_row + self._staged:
             raise ValueError(f"rows must arrive in order: got row {row_off}, expected {self._stage_row + self._staged}")
         done = 0
@@ -149,6 +165,8 @@ class GridFiles:
             self._class_stage[rows] = classes[done : done + take]
             if self._heat_stage is not None and heatmaps is not None:
                 self._heat_stage[:, rows] = heatmaps[:, done : done + take]
+            if self._hbis_stage is not None and hbis is not None:
+                self._hbis_stage[:, rows] = hbis[:, done : done + take]
             self._staged += take
             done += take
             if self._staged == block_rows:
@@ -162,6 +180,8 @@ class GridFiles:
         self._classes_ds.write(classes, 1, window=window)
         if self._heatmaps_ds is not None and self._heat_stage is not None:
             self._heatmaps_ds.write(self._heat_stage[:, : self._staged], window=window)
+        if self._hbis_ds is not None and self._hbis_stage is not None:
+            self._hbis_ds.write(self._hbis_stage[:, : self._staged], window=window)
         labelled = classes[classes != NODATA_CLASS]
         self._counts += np.bincount(labelled, minlength=self._num_classes)[: self._num_classes]
         self._stage_row += self._staged
@@ -171,7 +191,7 @@ class GridFiles:
         """Flush staged rows (unless discarding) and close the files. Safe to call twice."""
         if not discard:
             self._flush()
-        for ds in (self._classes_ds, self._heatmaps_ds):
+        for ds in (self._classes_ds, self._heatmaps_ds, self._hbis_ds):
             if ds is not None:
                 try:
                     ds.close()
@@ -181,6 +201,7 @@ class GridFiles:
                     logger.debug("Ignoring an error while closing discarded %s", ds.name, exc_info=True)
         self._classes_ds = None
         self._heatmaps_ds = None
+        self._hbis_ds = None
 
     def write_category_names(self, card: ModelCard) -> None:
         """Store the class names as GDAL category names of the class raster.
@@ -201,6 +222,30 @@ class GridFiles:
             ET.SubElement(names, "Category").text = name
         ET.indent(root)
         ET.ElementTree(root).write(aux, encoding="unicode")
+
+
+def _create_probability_raster(
+    path: Path, georef: Mapping[str, Any], card: ModelCard, tags: Mapping[str, str]
+) -> DatasetWriter:
+    """A K-band UInt16 probability GeoTIFF: bands named after the classes, scale 1/HEATMAP_SCALE, nodata 65535."""
+    # K UInt16 bands dominate the writing cost: level 3 with the horizontal predictor wrote smooth
+    # heatmaps 2.6x faster than the default level 6 for files 5 % larger.
+    with warnings.catch_warnings():  # a grid without geotransform is meant: rasterio need not warn
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        dataset = rasterio.open(
+            path, "w", count=card.num_classes, dtype="uint16", nodata=HEATMAP_NODATA,
+            predictor=2, zlevel=3, interleave="band", **georef, **_COMMON_PROFILE,
+        )  # fmt: skip
+    try:
+        for band, name in enumerate(card.class_names, start=1):
+            dataset.set_band_description(band, name)
+        dataset.scales = (1.0 / HEATMAP_SCALE,) * card.num_classes
+        dataset.offsets = (0.0,) * card.num_classes
+        dataset.update_tags(**tags)
+    except BaseException:
+        dataset.close()
+        raise
+    return dataset
 
 
 def _colormap(card: ModelCard) -> dict[int, tuple[int, int, int, int]]:

@@ -17,21 +17,27 @@ logger = logging.getLogger(__name__)
 GEOTIFF_SUFFIXES: tuple[str, ...] = (".tif", ".tiff")
 
 
-def check_output_paths(outputs: Sequence[Path], input_path: Path) -> None:
+def check_output_paths(outputs: Sequence[Path], input_path: Path, vector_outputs: Sequence[Path] = ()) -> None:
     """Fail early, naming the path and the fix, when an output cannot be written or would clobber the input.
 
     Args:
-        outputs: Destinations of one run (class raster first, then heatmaps), each a GeoTIFF path.
+        outputs: Raster destinations of one run (class raster first, then heatmaps, HBIS heatmaps), GeoTIFF paths.
         input_path: The raster being segmented (never overwritten).
+        vector_outputs: Vector destinations of the run (their format is checked by :mod:`engine.raster.vectorize`).
 
     Raises:
         OutputPathError: For two outputs on the same file, an output on the input, an output that is a folder,
             a missing or unwritable folder, or a read-only existing file.
     """
-    paths = [Path(p) for p in outputs]
+    rasters = [Path(p) for p in outputs]
+    paths = rasters + [Path(p) for p in vector_outputs]
     resolved = [p.resolve() for p in paths]
     if len(set(resolved)) != len(resolved):
-        raise OutputPathError(f"OUTPUT and HEATMAPS are the same file '{paths[0]}'; give them different paths.")
+        same = next(p for p, r in zip(paths, resolved, strict=True) if resolved.count(r) > 1)
+        raise OutputPathError(
+            f"Two outputs (OUTPUT, HEATMAPS, HBIS_HEATMAPS, VECTOR_OUTPUT) are the same file '{same}'; give each "
+            "its own path."
+        )
     for path in paths:
         if path.resolve() == Path(input_path).resolve():
             raise OutputPathError(f"Output '{path}' is the input raster; choose another output path.")
@@ -44,5 +50,5 @@ def check_output_paths(outputs: Sequence[Path], input_path: Path) -> None:
             raise OutputPathError(f"Output folder '{folder}' is not writable; choose a folder you can write to.")
         if path.exists() and not os.access(path, os.W_OK):
             raise OutputPathError(f"Output '{path}' exists and is read-only; delete it or choose another path.")
-        if path.suffix.lower() not in GEOTIFF_SUFFIXES:
+        if path in rasters and path.suffix.lower() not in GEOTIFF_SUFFIXES:
             logger.warning("Output '%s' is written as GeoTIFF whatever its extension; consider '.tif'.", path)

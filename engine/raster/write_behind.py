@@ -18,15 +18,34 @@ from numpy.typing import NDArray
 
 __all__ = ["RowWriter", "WriteBehind"]
 
-#: A pool slot: probs buffer (K, rows, width) and valid buffer (rows, width).
-_Buffers = tuple[NDArray[np.float32], NDArray[np.bool_]]
+#: A pool slot: probs buffer (K, rows, width), valid buffer (rows, width), extra buffer (E, rows, width) or None.
+_Buffers = tuple[NDArray[np.float32], NDArray[np.bool_], NDArray[np.float32] | None]
 
 
 class RowWriter(Protocol):
     """Anything with :meth:`~engine.raster.writer.SegmentationWriter.write_rows`."""
 
-    def write_rows(self, row_off: int, probs: NDArray[np.float32], valid: NDArray[np.bool_]) -> None:
-        """Write rows ``row_off ..`` of (K, rows, width) probabilities and their (rows, width) valid mask."""
+    def write_rows(
+        self,
+        row_off: int,
+        probs: NDArray[np.float32],
+        valid: NDArray[np.bool_],
+        extra: NDArray[np.float32] | None = None,
+    ) -> None:
+        """Write rows ``row_off ..``: (K, rows, width) probabilities, (rows, width) valid mask, (E, rows, width) extra.
+
+        ``extra`` carries further blended channels (BiCoR-Seg's HBIS heatmaps) when the run has them.
+        """
+
+
+def _fits(buffers: _Buffers, probs: NDArray[np.float32], extra: NDArray[np.float32] | None) -> bool:
+    """Whether a pool slot can hold these rows (same channels and width, at least as many rows)."""
+    rows = probs.shape[1]
+    if buffers[0].shape[1] < rows or buffers[0].shape[::2] != probs.shape[::2]:
+        return False
+    if extra is None:
+        return True
+    return buffers[2] is not None and buffers[2].shape[1] >= rows and buffers[2].shape[::2] == extra.shape[::2]
 
 
 class WriteBehind:
@@ -50,32 +69,49 @@ class WriteBehind:
         self._free: queue.Queue[_Buffers | None] = queue.Queue()
         for _ in range(max_chunks):
             self._free.put(None)  # a slot whose buffers are allocated on first use
-        self._work_queue: queue.Queue[tuple[int, int, _Buffers] | None] = queue.Queue()
+        self._work_queue: queue.Queue[tuple[int, int, bool, _Buffers] | None] = queue.Queue()
         self._error: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._work, name="bicorseg-write-behind", daemon=True)
         self._thread.start()
 
-    def write_rows(self, row_off: int, probs: NDArray[np.float32], valid: NDArray[np.bool_]) -> None:
+    def write_rows(
+        self,
+        row_off: int,
+        probs: NDArray[np.float32],
+        valid: NDArray[np.bool_],
+        extra: NDArray[np.float32] | None = None,
+    ) -> None:
         """Queue a copy of the rows (blocks while every buffer is in use); raises an earlier worker error."""
         self._raise_worker_error()
         buffers = self._free.get()
         rows = probs.shape[1]
-        if buffers is None or buffers[0].shape[1] < rows or buffers[0].shape[::2] != probs.shape[::2]:
-            buffers = (np.empty(probs.shape, dtype=np.float32), np.empty(valid.shape, dtype=bool))
+        if buffers is None or not _fits(buffers, probs, extra):
+            buffers = (
+                np.empty(probs.shape, dtype=np.float32),
+                np.empty(valid.shape, dtype=bool),
+                None if extra is None else np.empty(extra.shape, dtype=np.float32),
+            )
         buffers[0][:, :rows] = probs
         buffers[1][:rows] = valid
-        self._work_queue.put((row_off, rows, buffers))
+        if extra is not None and buffers[2] is not None:
+            buffers[2][:, :rows] = extra
+        self._work_queue.put((row_off, rows, extra is not None, buffers))
 
     def _work(self) -> None:
         while True:
             item = self._work_queue.get()
             if item is None:
                 return
-            row_off, rows, buffers = item
+            row_off, rows, has_extra, buffers = item
             if self._error is None and not self._stop.is_set():
                 try:
-                    self._writer.write_rows(row_off, buffers[0][:, :rows], buffers[1][:rows])
+                    if not has_extra or buffers[2] is None:
+                        self._writer.write_rows(row_off, buffers[0][:, :rows], buffers[1][:rows])
+                    else:
+                        self._writer.write_rows(
+                            row_off, buffers[0][:, :rows], buffers[1][:rows], extra=buffers[2][:, :rows]
+                        )
                 except BaseException as exc:  # noqa: BLE001 - handed to the producer thread, which re-raises it
                     self._error = exc
             self._free.put(buffers)  # always return the slot, so a blocked producer wakes up

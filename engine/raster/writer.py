@@ -1,13 +1,14 @@
-"""Output rasters: the class GeoTIFF and the per-class heatmaps, written atomically on the input grid.
+"""Outputs: the class GeoTIFF, the per-class heatmaps, the HBIS heatmaps and the class polygons, written atomically.
 
 Rows arrive in order on the processing grid. They are staged into whole 256-row block rows so every compressed
 block is written exactly once, into temp files beside the outputs. :meth:`SegmentationWriter.commit` resamples
 back to the input grid when the processing grid differs, by one rule: the class *probabilities* are resampled
 (:mod:`engine.raster.grid_resampling`: bilinear, or an area average where the processing grid is finer than the
 input) and the class raster is their argmax on the input grid, so every class is a maximum of the heatmaps
-written beside it. It then fails if no input pixel
-got a class, optionally converts to COG, and only then moves the files into place with ``os.replace``. Anything
-else (:meth:`~SegmentationWriter.abort`, an exception) leaves nothing at the output paths.
+written beside it (BiCoR-Seg's HBIS heatmaps are resampled the same way). It then fails if no input pixel
+got a class, optionally converts to COG, polygonizes the finished class raster when a vector output is asked for
+(:mod:`engine.raster.vectorize`), and only then moves the files into place with ``os.replace``. Anything
+else (:meth:`~SegmentationWriter.abort`, an exception, a cancel) leaves nothing at the output paths.
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ from rasterio.windows import Window
 
 from ..errors import InvalidRasterError, OutputPathError
 from ..model_card import NODATA_CLASS, ModelCard
+from ..progress import ProgressReporter
 from .geotiff import BLOCK_SIZE_PX, GridFiles, OutputGrid
 from .grid_resampling import GridResampler
 from .heatmaps import HEATMAP_NODATA, quantize_probabilities, round_probabilities
 from .output_paths import check_output_paths
+from .vectorize import VectorOutput, VectorStats, vector_sidecars, write_class_polygons
 
 __all__ = ["SegmentationWriter", "WriterSource"]
 
@@ -79,8 +82,11 @@ class SegmentationWriter:
     Attributes:
         output_path: Where the class raster goes on :meth:`commit`.
         heatmaps_path: Where the heatmaps go on :meth:`commit`, or None for no heatmaps.
+        hbis_path: Where the HBIS heatmaps go on :meth:`commit`, or None.
+        vector: The class polygons to write on :meth:`commit`, or None.
         class_pixel_counts: Pixels per class on the input grid; final after :meth:`commit`.
         valid_pixel_count: Valid (classified) pixels on the input grid; final after :meth:`commit`.
+        vector_stats: What the vector step wrote; set by :meth:`commit` when ``vector`` is given.
     """
 
     def __init__(
@@ -91,6 +97,9 @@ class SegmentationWriter:
         card: ModelCard,
         tags: Mapping[str, str],
         cog: bool = False,
+        hbis_path: Path | None = None,
+        hbis_tags: Mapping[str, str] | None = None,
+        vector: VectorOutput | None = None,
     ) -> None:
         """Check the output paths and create the temp files.
 
@@ -99,14 +108,21 @@ class SegmentationWriter:
             output_path: Class raster destination (GeoTIFF).
             heatmaps_path: Heatmaps destination (GeoTIFF), or None.
             card: Model card (class names and colours).
-            tags: Provenance tags written into both outputs.
+            tags: Provenance tags written into every raster output.
             cog: Write Cloud-Optimised GeoTIFFs.
+            hbis_path: HBIS heatmaps destination (GeoTIFF), or None; :meth:`write_rows` then needs ``extra``.
+            hbis_tags: Further tags of the HBIS heatmaps (layer, normalisation).
+            vector: Class polygons to derive from the finished class raster, or None.
 
         Raises:
             OutputPathError: If an output path cannot be written; raised before any work is done.
         """
         self.output_path = Path(output_path)
         self.heatmaps_path = None if heatmaps_path is None else Path(heatmaps_path)
+        self.hbis_path = None if hbis_path is None else Path(hbis_path)
+        self.vector = vector
+        self.vector_stats: VectorStats | None = None
+        self._hbis_tags = {str(k): str(v) for k, v in (hbis_tags or {}).items()}
         self.class_pixel_counts: tuple[int, ...] = (0,) * card.num_classes
         self.valid_pixel_count = 0
         self._source = source
@@ -116,8 +132,11 @@ class SegmentationWriter:
         self._finished = False
         self._next_row = 0
         self._nonfinite_pixels = 0
-        check_output_paths([self.output_path] + ([self.heatmaps_path] if self.heatmaps_path else []), source.path)
+        rasters = [self.output_path] + [p for p in (self.heatmaps_path, self.hbis_path) if p is not None]
+        vectors = [] if vector is None else [Path(vector.path)]
+        check_output_paths(rasters, source.path, vector_outputs=vectors)
         token = uuid.uuid4().hex[:12]
+        self._token = token
         self._temps: list[Path] = []
         transform = source.transform if source.has_geotransform else None
         input_grid = OutputGrid(source.input_height, source.input_width, transform, source.crs)
@@ -137,8 +156,9 @@ class SegmentationWriter:
 
     def _open_grid(self, grid: OutputGrid, token: str, kind: str, card: ModelCard, heatmaps: Path | None) -> GridFiles:
         classes = self._temp_path(self.output_path, token, kind)
+        hbis = None if self.hbis_path is None else self._temp_path(self.hbis_path, token, kind)
         try:
-            return GridFiles.create(grid, classes, heatmaps, card, self._tags)
+            return GridFiles.create(grid, classes, heatmaps, card, self._tags, hbis, self._hbis_tags)
         except (OSError, rasterio.errors.RasterioError) as exc:
             raise OutputPathError(
                 f"Cannot write '{self.output_path}': creating a file in '{classes.parent}' failed ({exc}); choose a "
@@ -152,13 +172,20 @@ class SegmentationWriter:
 
     # --- writing -------------------------------------------------------------------------------------------
 
-    def write_rows(self, row_off: int, probs: NDArray[np.float32], valid: NDArray[np.bool_]) -> None:
-        """Write finished rows of class probabilities.
+    def write_rows(
+        self,
+        row_off: int,
+        probs: NDArray[np.float32],
+        valid: NDArray[np.bool_],
+        extra: NDArray[np.float32] | None = None,
+    ) -> None:
+        """Write finished rows of class probabilities (and of HBIS heatmaps).
 
         Args:
             row_off: First row on the processing grid; rows must arrive in order without gaps.
             probs: (K, rows, source.width) class probabilities.
             valid: (rows, source.width) mask; False rows/pixels are written as nodata.
+            extra: (K, rows, source.width) HBIS heatmap probabilities; required when ``hbis_path`` is set.
 
         Raises:
             ValueError: If rows arrive out of order or the shapes do not match the grid (a caller bug).
@@ -184,18 +211,28 @@ class SegmentationWriter:
             heat = round_probabilities(probs, valid)
         elif target.heatmaps_path is not None:
             heat = quantize_probabilities(probs, valid)
+        hbis = None
+        if self.hbis_path is not None:
+            if extra is None or extra.shape != probs.shape:
+                raise ValueError(f"HBIS heatmaps are written: write_rows needs extra of shape {probs.shape}.")
+            encode = round_probabilities if self._processing is not None else quantize_probabilities
+            hbis = encode(extra, valid)
         try:
-            target.write(row_off, classes, heat)
+            target.write(row_off, classes, heat, hbis)
         except (OSError, rasterio.errors.RasterioError) as exc:
             raise _write_error(self.output_path, exc) from exc
         self._next_row = row_off + rows
 
-    def commit(self) -> None:
+    def commit(self, progress: ProgressReporter | None = None) -> None:
         """Finish the outputs and move them into place.
+
+        Args:
+            progress: Progress (fractions 0..1) and cancellation of the vector step, if there is one.
 
         Raises:
             ValueError: If not every row was written.
             OutputPathError: If a file cannot be moved into place (e.g. open in another program).
+            CanceledError: If ``progress`` reports a cancel during the vector step (nothing is moved into place).
         """
         if self._finished:
             raise ValueError("commit() called twice or after abort().")
@@ -222,6 +259,8 @@ class SegmentationWriter:
                 )
             self._final.write_category_names(self._card)
             finals = self._finalise_files()
+            if self.vector is not None:
+                finals.append(self._write_vector(finals, progress))
             _move_into_place(finals)
         except BaseException:
             self.abort()
@@ -266,44 +305,63 @@ class SegmentationWriter:
         )
         denser = max(1.0, (source.height * source.width) / (source.input_height * source.input_width))
         chunk_px = max(BLOCK_SIZE_PX, int(_RESAMPLE_CHUNK_PX / denser))
-        with rasterio.open(grid.heatmaps_path) as probabilities:
+        hbis_source = None if grid.hbis_path is None else rasterio.open(grid.hbis_path)
+        try:
+            with rasterio.open(grid.heatmaps_path) as probabilities:
 
-            def read(window: Window) -> NDArray[np.float32]:
-                return np.asarray(probabilities.read(window=window), dtype=np.float32)
+                def read(window: Window) -> NDArray[np.float32]:
+                    return np.asarray(probabilities.read(window=window), dtype=np.float32)
 
-            for row_off in range(0, source.input_height, BLOCK_SIZE_PX):
-                rows = min(BLOCK_SIZE_PX, source.input_height - row_off)
-                classes = np.empty((rows, source.input_width), dtype=np.uint8)
-                heat = None
-                if final.heatmaps_path is not None:
-                    heat = np.empty((self._card.num_classes, *classes.shape), dtype=np.uint16)
-                for col_off in range(0, source.input_width, chunk_px):
-                    cols = min(chunk_px, source.input_width - col_off)
-                    window = Window(col_off, row_off, cols, rows)
-                    values, present = resampler.resample(read, window)
-                    # Cut to the input grid's own nodata / mask / extent exactly (when the input is open).
-                    valid = present.copy() if source.closed else source.read_input_valid(window)
-                    missing = valid & ~present
-                    if missing.any():
-                        fallback, has_data = resampler.nearest(read, window)
-                        fill = missing & has_data
-                        values[:, fill] = fallback[:, fill]
-                        present |= fill
-                    valid &= present
-                    chunk = np.argmax(values, axis=0).astype(np.uint8)
-                    chunk[~valid] = NODATA_CLASS
-                    classes[:, col_off : col_off + cols] = chunk
-                    if heat is not None:
-                        # Quantising renormalises each pixel and keeps the order of its values, so the class
-                        # (the argmax above) stays a maximum of the stored heatmaps.
-                        heat[:, :, col_off : col_off + cols] = quantize_probabilities(values, valid)
-                final.write(row_off, classes, heat)
+                def read_hbis(window: Window) -> NDArray[np.float32]:
+                    if hbis_source is None:  # only called when HBIS heatmaps are written
+                        raise ValueError("no HBIS heatmaps on the processing grid")
+                    return np.asarray(hbis_source.read(window=window), dtype=np.float32)
+
+                for row_off in range(0, source.input_height, BLOCK_SIZE_PX):
+                    rows = min(BLOCK_SIZE_PX, source.input_height - row_off)
+                    classes = np.empty((rows, source.input_width), dtype=np.uint8)
+                    heat = hbis = None
+                    if final.heatmaps_path is not None:
+                        heat = np.empty((self._card.num_classes, *classes.shape), dtype=np.uint16)
+                    if hbis_source is not None:
+                        hbis = np.empty((self._card.num_classes, *classes.shape), dtype=np.uint16)
+                    for col_off in range(0, source.input_width, chunk_px):
+                        cols = min(chunk_px, source.input_width - col_off)
+                        window = Window(col_off, row_off, cols, rows)
+                        values, present = resampler.resample(read, window)
+                        # Cut to the input grid's own nodata / mask / extent exactly (when the input is open).
+                        valid = present.copy() if source.closed else source.read_input_valid(window)
+                        fill = valid & ~present
+                        if fill.any():
+                            fallback, has_data = resampler.nearest(read, window)
+                            fill &= has_data
+                            values[:, fill] = fallback[:, fill]
+                            present |= fill
+                        valid &= present
+                        chunk = np.argmax(values, axis=0).astype(np.uint8)
+                        chunk[~valid] = NODATA_CLASS
+                        classes[:, col_off : col_off + cols] = chunk
+                        if heat is not None:
+                            # Quantising renormalises each pixel and keeps the order of its values, so the class
+                            # (the argmax above) stays a maximum of the stored heatmaps.
+                            heat[:, :, col_off : col_off + cols] = quantize_probabilities(values, valid)
+                        if hbis is not None:
+                            layer, _ = resampler.resample(read_hbis, window)
+                            if fill.any():
+                                layer[:, fill] = resampler.nearest(read_hbis, window)[0][:, fill]
+                            hbis[:, :, col_off : col_off + cols] = quantize_probabilities(layer, valid)
+                    final.write(row_off, classes, heat, hbis)
+        finally:
+            if hbis_source is not None:
+                hbis_source.close()
 
     def _finalise_files(self) -> list[tuple[Path, Path]]:
         """(temp, destination) pairs to move, after the optional COG conversion."""
         pairs = [(self._final.classes_path, self.output_path)]
         if self.heatmaps_path is not None and self._final.heatmaps_path is not None:
             pairs.append((self._final.heatmaps_path, self.heatmaps_path))
+        if self.hbis_path is not None and self._final.hbis_path is not None:
+            pairs.append((self._final.hbis_path, self.hbis_path))
         if self._cog:
             pairs = [
                 (_to_cog(temp, is_classes=dest == self.output_path, temps=self._temps), dest) for temp, dest in pairs
@@ -318,6 +376,20 @@ class SegmentationWriter:
                 dest_aux.unlink()  # it described the file about to be replaced (stale statistics, categories)
             moves.append((temp, dest))
         return moves
+
+    def _write_vector(self, finals: list[tuple[Path, Path]], progress: ProgressReporter | None) -> tuple[Path, Path]:
+        """Polygonize the finished class raster (still at its temp path) into a temp vector file beside the output."""
+        vector = self.vector
+        if vector is None:
+            raise ValueError("no vector output was asked for")
+        class_temp = next(temp for temp, dest in finals if dest == self.output_path)
+        destination = Path(vector.path)
+        temp = destination.with_name(f".{destination.stem}.{self._token}.tmp{destination.suffix}")
+        self._temps.extend([temp, *vector_sidecars(temp)])
+        self.vector_stats = write_class_polygons(
+            class_temp, temp, vector, self._card, destination.parent, self._token, progress, self._temps
+        )
+        return temp, destination
 
     def _remove_temps(self) -> None:
         for path in self._temps:

@@ -107,6 +107,41 @@ def export_tiny_onnx(path: Path, card=None, with_card: bool = True) -> Path:
     return path
 
 
+#: The HBIS test model's two "HBIS layers" average its logits over these pixel blocks.
+HBIS_POOLS = (4, 2)
+
+
+def export_tiny_hbis_onnx(path: Path) -> Path:
+    """The tiny 1x1 conv with BiCoR-Seg-like heatmap outputs: heatmap_i = average of the logits over HBIS_POOLS[i]."""
+    import torch
+
+    from engine.export import export_onnx
+    from engine.models.outputs import SegmentationOutput
+
+    class PooledHeatmaps(torch.nn.Module):
+        in_channels, size_divisor_px = 3, 4
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, kernel_size=1, bias=False)
+            with torch.no_grad():
+                self.conv.weight.copy_(10.0 * torch.eye(3).reshape(3, 3, 1, 1))
+
+        def forward(self, x: torch.Tensor) -> SegmentationOutput:
+            logits = self.conv(x)
+            heat = tuple(torch.nn.functional.avg_pool2d(logits, p) for p in HBIS_POOLS)
+            return SegmentationOutput(logits=logits, heatmaps=heat)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return export_onnx(PooledHeatmaps().eval(), _card(size_divisor_px=4), path, heatmaps=True)
+
+
+@pytest.fixture(scope="session")
+def hbis_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_tiny_hbis_onnx(tmp_path_factory.mktemp("hbis_model") / "hbis.onnx")
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_tiny_onnx(tmp_path_factory.mktemp("model") / "tiny.onnx")

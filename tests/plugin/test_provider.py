@@ -9,7 +9,8 @@ pytestmark = pytest.mark.qgis
 
 FROZEN_SEGMENT_PARAMETERS = [
     "INPUT", "MODEL", "DEVICE", "BACKEND", "BANDS", "EXTENT", "MASK",
-    "TILE_SIZE", "OVERLAP", "BATCH_SIZE", "RESAMPLE", "VALUE_SCALING", "OUTPUT", "HEATMAPS",
+    "TILE_SIZE", "OVERLAP", "BATCH_SIZE", "RESAMPLE", "VALUE_SCALING", "OUTPUT", "HEATMAPS", "HBIS_HEATMAPS",
+    "HBIS_LAYER", "VECTOR_OUTPUT", "MIN_AREA",
 ]  # fmt: skip
 
 
@@ -80,6 +81,25 @@ def test_tiling_parameters_are_advanced_and_default_to_the_card(qgis_app):
     assert alg.parameterDefinition("BANDS").allowMultiple()
     assert alg.parameterDefinition("BANDS").parentLayerParameterName() == "INPUT"
     assert alg.parameterDefinition("HEATMAPS").flags() & alg.parameterDefinition("HEATMAPS").FlagOptional
+
+
+def test_hbis_and_vector_parameters_are_optional_with_advanced_defaults(qgis_app):
+    from qgis.core import QgsProcessingParameterDefinition, QgsProcessingParameterVectorDestination
+
+    from bicorseg_qgis.compat import FLAG_ADVANCED
+
+    alg = QgsApplication.processingRegistry().algorithmById("bicorseg:segmentlandcover")
+    optional = QgsProcessingParameterDefinition.FlagOptional
+    for name in ("HBIS_HEATMAPS", "VECTOR_OUTPUT", "HBIS_LAYER", "MIN_AREA"):
+        assert alg.parameterDefinition(name).flags() & optional, name
+    for name, default in (("HBIS_LAYER", -1), ("MIN_AREA", 0.0)):
+        assert alg.parameterDefinition(name).flags() & FLAG_ADVANCED
+        assert alg.parameterDefinition(name).defaultValue() == default
+    vector = alg.parameterDefinition("VECTOR_OUTPUT")
+    assert isinstance(vector, QgsProcessingParameterVectorDestination)
+    assert vector.defaultFileExtension() == "gpkg"
+    assert vector.supportedOutputVectorLayerExtensions() == ["gpkg", "fgb", "geojson"]
+    assert {o.name() for o in alg.outputDefinitions()} >= {"HBIS_HEATMAPS", "VECTOR_OUTPUT"}
 
 
 def test_algorithms_run_in_the_background_thread(qgis_app):
