@@ -10,7 +10,7 @@ from numpy.typing import NDArray
 
 from ..errors import BackendUnavailableError, ModelLoadError
 from ..model_file import ModelFile
-from .contract import check_batch, check_output
+from .contract import allocation_failure, check_batch, check_output
 from .devices import choose_device, import_backend_library, onnxruntime_cuda_status
 from .probabilities import to_probabilities
 from .threads import physical_core_count
@@ -69,10 +69,9 @@ class OnnxBackend:
         outputs = [o.name for o in self._session.get_outputs()]
         self._output_name = "logits" if "logits" in outputs else outputs[0]
         self._check_input()
-        logger.info(
-            "onnxruntime %s on %s (%s), providers %s, %d intra-op threads.",
-            ort.__version__, self.device, self.device_reason, self.providers, self.num_threads,
-        )  # fmt: skip
+        logger.debug(
+            "onnxruntime %s, providers %s, %d intra-op threads.", ort.__version__, self.providers, self.num_threads
+        )
 
     def _check_input(self) -> None:
         shape = self._input.shape
@@ -99,7 +98,13 @@ class OnnxBackend:
         x = check_batch(batch, self.card)
         if self._input.type == "tensor(float16)":
             x = x.astype(np.float16)
-        (output,) = self._session.run([self._output_name], {self._input.name: x})
+        try:
+            (output,) = self._session.run([self._output_name], {self._input.name: x})
+        except Exception as exc:  # onnxruntime raises untyped RuntimeExceptions (allocation, kernel failures)
+            oom = allocation_failure(exc, "onnxruntime")
+            if oom is None:
+                raise
+            raise oom from exc
         check_output(output, x.shape, self.card, self.model_path)
         return to_probabilities(output, self.card)
 

@@ -30,7 +30,7 @@ from rasterio.windows import Window
 
 from .. import __version__
 from ..backends import InferenceBackend, load_backend
-from ..errors import CanceledError, InvalidRasterError
+from ..errors import CanceledError, InvalidRasterError, OutOfMemoryError
 from ..model_card import ModelCard
 from ..model_file import ModelFile
 from ..progress import NullProgress, ProgressReporter
@@ -190,11 +190,6 @@ def provenance_tags(
     }
 
 
-def _say(progress: ProgressReporter, message: str, level: int = logging.INFO) -> None:
-    logger.log(level, message)
-    progress.log(message)
-
-
 def segment_raster(
     request: SegmentationRequest,
     progress: ProgressReporter | None = None,
@@ -218,7 +213,22 @@ def segment_raster(
         InvalidRasterError: If the raster is missing, unreadable or contains no valid pixel.
         OutputPathError: If an output cannot be written.
         CanceledError: If ``progress`` reported a cancel; nothing is left at the output paths.
+        OutOfMemoryError: If memory ran out (the message says to lower BATCH_SIZE or TILE_SIZE).
     """
+    try:
+        return _segment_raster(request, progress, backend, model)
+    except OutOfMemoryError:
+        raise
+    except MemoryError as exc:  # numpy or a runtime ran out: one line with the fix, never a traceback
+        raise OutOfMemoryError() from exc
+
+
+def _segment_raster(
+    request: SegmentationRequest,
+    progress: ProgressReporter | None,
+    backend: InferenceBackend | None,
+    model: ModelFile | None,
+) -> SegmentationResult:
     started = time.perf_counter()
     reporter = progress if progress is not None else NullProgress()
     check_output_paths(request)
@@ -235,13 +245,12 @@ def segment_raster(
         extent=request.extent,
         mask_geometries=request.mask_geometries,
     ) as source:
-        if not source.georeferenced:
-            _say(reporter, f"'{request.input_path}' has no georeference; segmenting its pixel grid.", logging.WARNING)
         if backend is None:
             backend = load_backend(
                 model, backend=request.backend, device=request.device, num_threads=request.num_threads
             )
-        _say(reporter, f"Model '{card.name}' runs with {backend.name} on {backend.device}: {backend.device_reason}")
+        # Messages go through logging only: each front end shows them once (CLI: stderr, QGIS: the algorithm log).
+        logger.info("Model '%s' runs with %s on %s: %s", card.name, backend.name, backend.device, backend.device_reason)
         model_sha256 = model.sha256
         tags = provenance_tags(request, card, model_sha256, spec, batch_size, backend)
         with SegmentationWriter(
@@ -268,7 +277,7 @@ def segment_raster(
     counts = np.asarray(writer.class_pixel_counts, dtype=np.int64)
     reporter.set_progress(1.0)
     elapsed = time.perf_counter() - started
-    logger.info("Segmented %d of %d tiles in %.1f s", stats.tiles_run, stats.tile_count, elapsed)
+    logger.debug("Segmented %d of %d tiles in %.1f s", stats.tiles_run, stats.tile_count, elapsed)
     return SegmentationResult(
         output_path=Path(request.output_path),
         heatmaps_path=None if request.heatmaps_path is None else Path(request.heatmaps_path),

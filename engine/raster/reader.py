@@ -24,9 +24,10 @@ from rasterio.io import DatasetReader
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from ..errors import InvalidRasterError
+from ..errors import InvalidRasterError, root_cause
 from ..model_card import ModelCard
 from .bands import BandLayout, Normalizer, match_bands
+from .input_identity import InputIdentity
 from .regions import RegionFilter
 
 __all__ = ["GSD_TOLERANCE", "RasterSource"]
@@ -74,6 +75,7 @@ class RasterSource:
         self.georeferenced = _is_georeferenced(dataset)
         self.input_gsd_m = _gsd_m(dataset) if self.georeferenced else None
         self._dataset = dataset
+        self._identity = InputIdentity.of(str(dataset.name), [str(dataset.name), *dataset.files])
         self._regions = regions
         self._normalizer = Normalizer.from_card(card)
         self._closed = False
@@ -125,9 +127,11 @@ class RasterSource:
             dataset = rasterio.open(path)
         except (RasterioError, OSError) as exc:
             raise InvalidRasterError(
-                f"Cannot open '{path}' as a raster ({exc}); give a complete GeoTIFF, VRT or other GDAL raster."
+                f"Cannot open '{path}' as a raster ({root_cause(exc)}); give a complete GeoTIFF, VRT or other GDAL "
+                "raster."
             ) from exc
         try:
+            _check_sources_exist(dataset, path)
             layout = BandLayout(
                 colorinterps=tuple(ci.name.lower() for ci in dataset.colorinterp),
                 descriptions=tuple(d or "" for d in dataset.descriptions),
@@ -173,6 +177,14 @@ class RasterSource:
         if region is not None:
             valid &= region
         return valid
+
+    def check_unchanged(self) -> None:
+        """Raise if a file of the input was replaced, rewritten or removed since it was opened.
+
+        Raises:
+            InvalidRasterError: Naming the file; nothing may then be committed (rows of two versions).
+        """
+        self._identity.check_unchanged()
 
     @property
     def closed(self) -> bool:
@@ -224,8 +236,8 @@ class RasterSource:
             data = reader.read(self.band_indexes, window=inner)
         except RasterioError as exc:
             raise InvalidRasterError(
-                f"Reading {inner} of '{self.path}' failed ({exc}); the file may be truncated or corrupt: "
-                "re-create or re-download it."
+                f"Reading {_describe(inner)} of '{self.path}' failed ({root_cause(exc)}); the file may be truncated "
+                "or corrupt: re-create or re-download it."
             ) from exc
         raw[:, r0:r1, c0:c1] = data
         valid[r0:r1, c0:c1] = self._inner_valid(reader, inner)
@@ -252,10 +264,35 @@ class RasterSource:
             masks = reader.read_masks(list(indexes), window=inner)
         except RasterioError as exc:
             raise InvalidRasterError(
-                f"Reading the mask of '{self.path}' failed ({exc}); is the file complete?"
+                f"Reading the mask of {_describe(inner)} of '{self.path}' failed ({root_cause(exc)}); is the file "
+                "complete?"
             ) from exc
         # With nodata values a pixel is invalid only where every band is nodata (GDAL's dataset-mask rule).
         return np.asarray((masks > 0).any(axis=0), dtype=bool)
+
+
+def _describe(window: Window) -> str:
+    """A window in words (rasterio's repr is not for users)."""
+    return (
+        f"rows {int(window.row_off)}-{int(window.row_off + window.height) - 1}, "
+        f"columns {int(window.col_off)}-{int(window.col_off + window.width) - 1}"
+    )
+
+
+def _check_sources_exist(dataset: DatasetReader, path: Path) -> None:
+    """A VRT (or another multi-file raster) whose source file is missing opens fine but fails on the first read.
+
+    Raises:
+        InvalidRasterError: Naming the missing file.
+    """
+    for name in dataset.files[1:]:
+        if name.startswith("/vsi") or "://" in name or name.lower().endswith((".aux.xml", ".ovr")):
+            continue
+        if not Path(name).exists():
+            raise InvalidRasterError(
+                f"Input raster '{path}' refers to '{name}', which does not exist; restore that file or fix the "
+                f"paths in '{path.name}'."
+            )
 
 
 def _split_window(window: Window, height: int, width: int) -> tuple[int, int, Window | None, int, int]:
