@@ -75,9 +75,9 @@ def _messages_in(tree: ast.AST) -> list[str]:
         calls = []
         if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
             calls.append(node.exc)
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-            if node.func.attr in {"debug", "info", "warning", "error", "exception"}:
-                calls.append(node)
+        is_method_call = isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+        if is_method_call and node.func.attr in {"debug", "info", "warning", "error", "exception"}:  # type: ignore[attr-defined]
+            calls.append(node)
         for call in calls:
             for arg in call.args:
                 for part in ast.walk(arg):

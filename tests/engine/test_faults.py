@@ -78,7 +78,7 @@ def test_a_folder_too_full_for_a_block_row_fails_in_one_line_and_leaves_nothing(
 ) -> None:
     raster = write_raster(tmp_path / "in.tif", make_image(300, 90, seed=1))
     out, heat = tmp_path / "c.tif", tmp_path / "h.tif"
-    import engine.raster.write_checks as write_checks
+    from engine.raster import write_checks
 
     monkeypatch.setattr(write_checks, "free_bytes", lambda folder: 10_000)  # less than one block row
     code, stderr = run_main(segment_argv(raster, out, heat, tiny_model))
@@ -207,14 +207,14 @@ def test_a_real_full_disk_exits_2_with_one_line_and_leaves_nothing(tmp_path: Pat
         raster = write_raster(tmp_path / "in.tif", make_image(600, 600, seed=1))
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
         command = [sys.executable, "-m", "engine"]
-        fits = subprocess.run([*command, *segment_argv(raster, disk / "c.tif", None, tiny_model)],
-                              capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=120, check=False)
+        run = {"capture_output": True, "text": True, "env": env, "cwd": REPO_ROOT, "timeout": 120}
+        fits = subprocess.run([*command, *segment_argv(raster, disk / "c.tif", None, tiny_model)], check=False, **run)
         assert fits.returncode == 0, fits.stderr  # the class raster alone fits: the check is not too eager
         (disk / "c.tif").unlink()
         (disk / "c.tif.aux.xml").unlink()
-        both = subprocess.run([*command, *segment_argv(raster, disk / "c.tif", disk / "h.tif", tiny_model)],
-                              capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=120, check=False)
-        # fmt: skip
+        both = subprocess.run(
+            [*command, *segment_argv(raster, disk / "c.tif", disk / "h.tif", tiny_model)], check=False, **run
+        )
         assert_one_line_failure(both.returncode, both.stderr, "no space left on the device of", str(disk))
         assert sorted(p.name for p in disk.iterdir()) == []
     finally:
@@ -405,9 +405,7 @@ def _not_a_model(kind: str, folder: Path) -> Path:
 
 
 @pytest.mark.parametrize("kind", ["random", "text", "empty", "pickled module"])
-def test_a_pt_that_is_not_a_model_is_one_short_line_never_suggesting_weights_only(
-    tmp_path: Path, kind: str
-) -> None:
+def test_a_pt_that_is_not_a_model_is_one_short_line_never_suggesting_weights_only(tmp_path: Path, kind: str) -> None:
     model = _not_a_model(kind, Path(tempfile.mkdtemp(dir=tmp_path)))
     raster = write_raster(tmp_path / "in.tif", make_image(20, 20, seed=12))
     code, stderr = run_main(segment_argv(raster, tmp_path / "c.tif", None, model))

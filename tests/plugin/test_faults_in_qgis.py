@@ -59,7 +59,7 @@ def project(qgis_app):
 
 
 def test_a_full_disk_adds_no_layer_and_leaves_no_file(tmp_path, rgb_raster, tiny_model, project, monkeypatch):
-    import engine.raster.write_checks as write_checks
+    from engine.raster import write_checks
 
     raster, _ = rgb_raster
     out = tmp_path / "out"
@@ -82,7 +82,9 @@ def test_running_out_of_memory_says_to_lower_batch_size_or_tile_size(
     def fail(self, *args, **kwargs):
         if failure == "MemoryError":
             raise MemoryError
-        raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for requested buffer")
+        raise RuntimeError(
+            "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for requested buffer"
+        )
 
     monkeypatch.setattr(InferenceSession, "run", fail)
     raster, _ = rgb_raster
