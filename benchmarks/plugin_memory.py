@@ -112,7 +112,17 @@ def _run_plugin(folder: Path, tile: int, overlap: int, bounded: bool) -> tuple[f
 
 
 def _child_run(mode: str, folder: Path, size: int, tile: int, overlap: int) -> dict[str, Any]:
-    """Inside the subprocess: one run, its peak RSS and its RSS before the run."""
+    """Inside the subprocess: one run, its peak RSS and its RSS before the run.
+
+    The engine's libraries are imported first in both front ends, so "before the run" holds them in both and the
+    growth is the run's own memory (QGIS may have numpy loaded already; the command line would load it mid-run).
+    """
+    import numpy  # noqa: F401
+    import onnxruntime  # noqa: F401
+    import rasterio  # noqa: F401
+
+    import engine.inference.pipeline  # noqa: F401
+
     started = time.perf_counter()
     if mode == "cli":
         before, cache_mb = _run_cli(folder, tile, overlap)
@@ -154,9 +164,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for size in args.sizes:
         by_mode = {row["mode"]: row for row in rows if row["size_px"] == size}
         cli, plugin, unbounded = (by_mode[m]["peak_rss_mb"] for m in MODES)
+        grown = {m: by_mode[m]["growth_during_run_mb"] for m in MODES}
         table.append({
             "size_px": size, "cli_peak_mb": cli, "plugin_peak_mb": plugin, "plugin_unbounded_peak_mb": unbounded,
             "plugin_minus_cli_mb": round(plugin - cli, 1), "unbounded_minus_cli_mb": round(unbounded - cli, 1),
+            "qgis_baseline_minus_cli_baseline_mb": round(
+                by_mode["plugin"]["rss_before_run_mb"] - by_mode["cli"]["rss_before_run_mb"], 1),
+            "plugin_growth_minus_cli_growth_mb": round(grown["plugin"] - grown["cli"], 1),
+            "unbounded_growth_minus_cli_growth_mb": round(grown["plugin_unbounded"] - grown["cli"], 1),
         })  # fmt: skip
     return {
         "benchmark": "plugin_memory",
@@ -171,7 +186,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "runs": rows,
         "table": table,
         "targets": {
-            f"plugin_within_150_mb_of_cli_at_{row['size_px']}": row["plugin_minus_cli_mb"] <= 150 for row in table
+            **{f"plugin_peak_within_150_mb_of_cli_at_{r['size_px']}": r["plugin_minus_cli_mb"] <= 150 for r in table},
+            **{
+                f"plugin_growth_within_150_mb_of_cli_at_{r['size_px']}": r["plugin_growth_minus_cli_growth_mb"] <= 150
+                for r in table
+            },
         },
     }
 
