@@ -1,4 +1,8 @@
-"""Adapts QgsProcessingFeedback to the engine's ProgressReporter protocol (progress, cancel, log)."""
+"""The engine and QgsProcessingFeedback: progress and cancel (FeedbackProgress), messages (one log handler).
+
+The engine says things through :mod:`logging` only; :func:`engine_messages_to_feedback` attaches the one handler
+that forwards them to the algorithm log while a run lasts, so each message appears there exactly once.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +12,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from qgis.core import QgsProcessingFeedback
-
-# Messages this thread already showed through FeedbackProgress.log: the engine both logs and reports some
-# warnings, and the user should read each once.
-_shown = threading.local()
-
-
-def _shown_messages() -> set[str]:
-    if not hasattr(_shown, "messages"):
-        _shown.messages = set()
-    messages: set[str] = _shown.messages
-    return messages
 
 
 class FeedbackProgress:
@@ -49,37 +42,53 @@ class FeedbackProgress:
         """True once the user pressed Cancel."""
         return bool(self._feedback.isCanceled())
 
-    def log(self, message: str) -> None:
-        """Show an engine message in the algorithm log."""
-        _shown_messages().add(message)
-        self._feedback.pushInfo(message)
-
 
 class _FeedbackLogHandler(logging.Handler):
-    """Forwards warnings the engine logs on this run's thread to the feedback (other runs stay separate)."""
+    """Forwards what the engine logs on this run's thread to the feedback: INFO as info, WARNING and up as warnings.
+
+    Records of other threads belong to other runs (QGIS runs algorithms in parallel) and stay out of this log.
+    """
 
     def __init__(self, feedback: QgsProcessingFeedback, thread_id: int) -> None:
-        super().__init__(level=logging.WARNING)
+        super().__init__(level=logging.INFO)
         self._feedback = feedback
         self._thread_id = thread_id
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.thread != self._thread_id:
             return
-        message = self.format(record)
-        if message not in _shown_messages():
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING:
             self._feedback.pushWarning(message)
+        else:
+            self._feedback.pushInfo(message)
+
+
+_level_lock = threading.Lock()
+_runs_by_logger: dict[str, tuple[int, int]] = {}  # logger name -> (runs attached, level before the first)
 
 
 @contextmanager
-def engine_warnings_to_feedback(feedback: QgsProcessingFeedback, logger_name: str) -> Iterator[None]:
-    """While the block runs, warnings from ``logger_name`` (the engine) appear in the algorithm log."""
+def engine_messages_to_feedback(feedback: QgsProcessingFeedback, logger_name: str) -> Iterator[None]:
+    """While the block runs, the engine's messages (``logger_name`` and below, INFO and up) reach the feedback.
+
+    The engine logger is opened to INFO for as long as any run is attached (runs may overlap), then restored.
+    """
     handler = _FeedbackLogHandler(feedback, threading.get_ident())
     logger = logging.getLogger(logger_name)
-    logger.addHandler(handler)
-    _shown_messages().clear()
+    with _level_lock:
+        runs, level = _runs_by_logger.get(logger_name, (0, logger.level))
+        _runs_by_logger[logger_name] = (runs + 1, level)
+        if logger.getEffectiveLevel() > logging.INFO:
+            logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
     try:
         yield
     finally:
-        logger.removeHandler(handler)
-        _shown_messages().clear()
+        with _level_lock:
+            logger.removeHandler(handler)
+            runs, level = _runs_by_logger.pop(logger_name)
+            if runs > 1:
+                _runs_by_logger[logger_name] = (runs - 1, level)
+            else:
+                logger.setLevel(level)

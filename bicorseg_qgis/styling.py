@@ -32,6 +32,7 @@ from qgis.core import (
     QgsVectorLayer,
 )
 from qgis.PyQt.QtGui import QColor
+from qgis.PyQt.QtXml import QDomDocument
 
 from .compat import RAMP_INTERPOLATED
 
@@ -138,10 +139,31 @@ def write_class_qml(raster_path: Path, class_names: Sequence[str], class_colors:
 
 
 def write_heatmap_qml(raster_path: Path, band: int = 1) -> Path:
-    """Write the probability style of one heatmap band beside ``raster_path`` and return the QML path."""
-    layer = QgsRasterLayer(str(raster_path), raster_path.stem, "gdal")
-    style_heatmap_layer(layer, band)
-    return _save_qml(layer, raster_path)
+    """Write the probability style of one heatmap band beside ``raster_path`` and return the QML path.
+
+    The style is built on a layer without a data source: a layer opened on the file would first give itself
+    QGIS's default multiband style, whose contrast stretch reads every pixel of three bands for a histogram (GDAL
+    then stores a 1.5 MB histogram in the ``.aux.xml``, and prints ``ERROR 5: dfMax should be strictly greater
+    than dfMin`` when a band is constant).
+    """
+    layer = QgsRasterLayer()
+    layer.setRenderer(heatmap_renderer(None, band))
+    document = QDomDocument()
+    error = layer.exportNamedStyle(document)
+    qml = sidecar_qml_path(raster_path)
+    if error:
+        raise OSError(f"Cannot build the style of '{raster_path.name}': {error}")
+    try:
+        qml.write_text(document.toString(), encoding="utf-8")
+    except OSError as exc:
+        raise OSError(f"Cannot write the style file '{qml}': {exc.strerror or exc}") from exc
+    return qml
+
+
+def open_styled_raster(raster_path: Path, name: str) -> QgsRasterLayer:
+    """Open a raster whose ``.qml`` sidecar exists: QGIS applies the sidecar and computes no default stretch."""
+    layer = QgsRasterLayer(str(raster_path), name, "gdal")
+    return layer
 
 
 def _save_qml(layer: QgsRasterLayer, raster_path: Path) -> Path:

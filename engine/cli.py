@@ -1,7 +1,12 @@
 """Command line: ``python -m engine segment | info | diagnose | evaluate`` (the same code as the QGIS plugin).
 
-Bad input ends with exit code 2 and one line naming the problem and the fix, never a traceback. Ctrl-C ends
-with exit code 130. In both cases, and on any failure, nothing is left at the output paths.
+Bad input, a full disk or memory running out end with exit code 2 and one line naming the problem and the fix,
+never a traceback. Ctrl-C, SIGTERM (what ``timeout``, ``kill``, systemd, Docker and Slurm send) and SIGHUP end
+the run the same way, with exit code 128 + the signal number (130, 143, 129). In every case nothing is left at the
+output paths.
+
+The engine's messages reach stderr through one logging handler, once each, with option names spelt as this
+command's flags (:func:`engine.option_names.for_command_line`).
 """
 
 from __future__ import annotations
@@ -10,26 +15,37 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any, NoReturn, TextIO
 
+from rasterio.errors import NotGeoreferencedWarning
+
 from . import __version__
-from .errors import BiCoRSegError, CanceledError
+from .errors import BiCoRSegError, CanceledError, OutOfMemoryError
 from .inference.stitching import stitching_names
 from .inference.tta import TTA_MODES
+from .option_names import for_command_line
+from .raster.gdal_cache import GDAL_CACHE_MB
 from .raster.value_scaling import VALUE_SCALINGS
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "build_parser", "main"]
 
 EXIT_OK = 0
-#: Bad input of any kind: missing/corrupt file, bands, tile size, model card, output path.
+#: Bad input of any kind: missing/corrupt file, bands, tile size, model card, output path; a failed write.
 EXIT_BAD_INPUT = 2
-#: Ctrl-C (128 + SIGINT), as shells report it.
+#: Ctrl-C (128 + SIGINT), as shells report it; SIGTERM and SIGHUP exit with 128 + their number likewise.
 EXIT_INTERRUPTED = 130
-#: GDAL block cache for command-line runs, in MB, unless GDAL_CACHEMAX is already set.
-GDAL_CACHE_MB = 32
+#: The signals that end a run like Ctrl-C (SIGHUP does not exist on Windows).
+_STOP_SIGNALS = tuple(
+    sig for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if sig is not None
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +74,10 @@ def _extent(text: str) -> tuple[float, float, float, float]:
     except ValueError:
         values = ()
     if len(values) != 4:
-        raise argparse.ArgumentTypeError(f"expected xmin,ymin,xmax,ymax in the raster's CRS, got '{text}'")
+        raise argparse.ArgumentTypeError(
+            f"expected XMIN,YMIN,XMAX,YMAX in the raster's CRS (QGIS's EXTENT is written xmin,xmax,ymin,ymax), "
+            f"got '{text}'"
+        )
     return values[0], values[1], values[2], values[3]
 
 
@@ -122,7 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--tile-size", type=_positive_int, metavar="N", help="tile edge in pixels (card default)")
     segment.add_argument("--overlap", type=_non_negative_int, metavar="N", help="tile overlap in pixels")
     segment.add_argument("--batch-size", type=_positive_int, metavar="N", help="tiles per model call")
-    segment.add_argument("--extent", type=_extent, metavar="XMIN,YMIN,XMAX,YMAX", help="process only this area")
+    segment.add_argument(
+        "--extent",
+        type=_extent,
+        metavar="XMIN,YMIN,XMAX,YMAX",
+        help="process only this area, in the raster's CRS, in the order xmin,ymin,xmax,ymax (note: QGIS's EXTENT "
+        "parameter is written xmin,xmax,ymin,ymax)",
+    )
     segment.add_argument("--stitching", choices=stitching_names(), default="gaussian", help="tile blending")
     segment.add_argument(
         "--tta", choices=TTA_MODES, default="none", help="test-time augmentation: flip (3x work) or d4 (8x)"
@@ -143,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads for the backend")
     segment.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
     segment.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    segment.add_argument("-v", "--verbose", action="store_true", help="log details")
+    segment.add_argument("-v", "--verbose", action="store_true", help="log details (and GDAL's own messages)")
 
     info = commands.add_parser("info", help="print a model's card as JSON")
     info.add_argument("model", nargs="?", default=None, metavar="MODEL", help="model file; default: embedded model")
@@ -160,11 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", type=Path, metavar="PATH", help="model file whose card names the classes")
     evaluate.add_argument("--json", action="store_true", help="print the JSON report on stdout also with -o")
     evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    evaluate.add_argument("-v", "--verbose", action="store_true", help="log details")
     return parser
 
 
 def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
-    """Run the command line and return its exit code (never raises for bad input or Ctrl-C).
+    """Run the command line and return its exit code (never raises for bad input, Ctrl-C, SIGTERM or SIGHUP).
 
     Args:
         argv: Arguments without the program name; ``sys.argv[1:]`` if None.
@@ -173,6 +199,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     """
     out = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
+    # The engine says itself, once, when a raster has no georeference; rasterio's own warning would repeat it.
+    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
     # GDAL's block cache defaults to 5 % of RAM and keeps written blocks until it is full, so a big run's
     # memory would grow with the raster up to that cap; 32 MB still holds a 256-row block row of a 3-band
     # 40,000-px-wide input, enough for overlapping tile reads (see docs/engine.md, Memory).
@@ -183,78 +211,149 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     except SystemExit as exc:  # argparse already printed its one line (or --help / --version)
         return int(exc.code) if isinstance(exc.code, int) else EXIT_BAD_INPUT
     try:
-        if args.command == "segment":
-            return _segment(args, out, err)
-        if args.command == "info":
-            return _info(args, out)
-        if args.command == "evaluate":
-            return _evaluate(args, out, err)
-        return _diagnose(out)
+        with _stop_signals_as_interrupts(), _engine_messages_to(err, getattr(args, "verbose", False)):
+            if args.command == "segment":
+                return _segment(args, out, err)
+            if args.command == "info":
+                return _info(args, out)
+            if args.command == "evaluate":
+                return _evaluate(args, out, err)
+            return _diagnose(out)
     except CanceledError as exc:
         err.write(f"canceled: {_one_line(exc)}\n")
         return EXIT_INTERRUPTED
     except BiCoRSegError as exc:
         err.write(f"error: {_one_line(exc)}\n")
         return EXIT_BAD_INPUT
+    except MemoryError:
+        err.write(f"error: {_one_line(OutOfMemoryError())}\n")
+        return EXIT_BAD_INPUT
+    except _StopSignal as exc:
+        err.write(f"interrupted by {exc.name}: no output was written.\n")
+        return 128 + exc.signum
     except KeyboardInterrupt:
         err.write("interrupted (Ctrl-C): no output was written.\n")
         return EXIT_INTERRUPTED
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
+    """An engine message on one line, with its option names spelt as this command's flags."""
+    return for_command_line(" ".join(str(exc).split()))
 
 
-class _NotPipelineFilter(logging.Filter):
-    """Hide the pipeline's own log records: it says the same through the progress reporter."""
+class _StopSignal(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP, raised in the main thread so that every ``with`` block cleans up (as Ctrl-C)."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.name.endswith("engine.inference.pipeline")
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
 
 
-def _configure_logging(verbose: bool, err: TextIO) -> logging.Handler:
-    handler = logging.StreamHandler(err)
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-    handler.addFilter(_NotPipelineFilter())
+@contextmanager
+def _stop_signals_as_interrupts() -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGHUP (and SIGINT) raise :class:`_StopSignal` in the main thread.
+
+    After the first one the three are ignored until the block ends, so a second signal cannot interrupt the
+    clean-up (removing the temporaries) that the first one started.
+    """
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield
+        return
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        raise _StopSignal(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class _CommandLineLogHandler(logging.Handler):
+    """Prints the engine's log records on stderr, above the progress bar, once each, in this command's words."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self._stream = stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = for_command_line(record.getMessage())
+            if record.levelno >= logging.ERROR:
+                message = f"error: {message}"
+            elif record.levelno >= logging.WARNING:
+                message = f"warning: {message}"
+            elif record.levelno < logging.INFO:
+                message = f"debug: {record.name}: {message}"
+            from tqdm import tqdm  # writes above an active bar; plain write without one
+
+            tqdm.write(message, file=self._stream)
+        except Exception:  # noqa: BLE001 - a message that cannot be printed must not end the run
+            self.handleError(record)
+
+
+@contextmanager
+def _engine_messages_to(err: TextIO, verbose: bool) -> Iterator[None]:
+    """The one channel of the engine's messages on the command line: INFO and above (DEBUG with ``-v``).
+
+    GDAL's own messages (logged by rasterio) are shown only with ``-v``: the engine turns the ones that matter
+    into its own errors.
+    """
+    handler = _CommandLineLogHandler(err)
     package_logger = logging.getLogger(__package__ or "engine")
+    rasterio_logger = logging.getLogger("rasterio")
+    quiet = logging.NullHandler()  # keeps Python's last-resort handler from printing GDAL's lines raw
+    saved = (package_logger.level, package_logger.propagate, rasterio_logger.level)
     package_logger.addHandler(handler)
-    package_logger.setLevel(logging.INFO if verbose else logging.WARNING)
-    return handler
+    package_logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    package_logger.propagate = False  # printed here once, not again by a handler an embedding program set
+    rasterio_logger.addHandler(handler if verbose else quiet)
+    if verbose:
+        rasterio_logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        package_logger.removeHandler(handler)
+        rasterio_logger.removeHandler(handler if verbose else quiet)
+        package_logger.setLevel(saved[0])
+        package_logger.propagate = saved[1]
+        rasterio_logger.setLevel(saved[2])
 
 
 def _segment(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .inference.pipeline import SegmentationRequest, segment_raster
     from .progress import TqdmProgress
 
-    handler = _configure_logging(args.verbose, err)
-    try:
-        request = SegmentationRequest(
-            input_path=args.input,
-            output_path=args.output,
-            heatmaps_path=args.heatmaps,
-            model_path=args.model,
-            device=args.device,
-            backend=args.backend,
-            bands=args.bands,
-            tile_size_px=args.tile_size,
-            overlap_px=args.overlap,
-            batch_size=args.batch_size,
-            extent=args.extent,
-            resample_to_model_gsd=not args.no_resample,
-            value_scaling=args.value_scaling,
-            stitching=args.stitching,
-            tta=args.tta,
-            cog=args.cog,
-            num_threads=args.threads,
-            hbis_heatmaps_path=args.hbis_heatmaps,
-            hbis_layer=args.hbis_layer,
-            vector_path=args.vector,
-            min_area_m2=args.min_area,
-        )
-        with TqdmProgress(description=args.input.name, stream=err, disable=args.quiet) as progress:
-            result = segment_raster(request, progress=progress)
-    finally:
-        logging.getLogger(__package__ or "engine").removeHandler(handler)
+    request = SegmentationRequest(
+        input_path=args.input,
+        output_path=args.output,
+        heatmaps_path=args.heatmaps,
+        model_path=args.model,
+        device=args.device,
+        backend=args.backend,
+        bands=args.bands,
+        tile_size_px=args.tile_size,
+        overlap_px=args.overlap,
+        batch_size=args.batch_size,
+        extent=args.extent,
+        resample_to_model_gsd=not args.no_resample,
+        value_scaling=args.value_scaling,
+        stitching=args.stitching,
+        tta=args.tta,
+        cog=args.cog,
+        num_threads=args.threads,
+        hbis_heatmaps_path=args.hbis_heatmaps,
+        hbis_layer=args.hbis_layer,
+        vector_path=args.vector,
+        min_area_m2=args.min_area,
+    )
+    with TqdmProgress(description=args.input.name, stream=err, disable=args.quiet) as progress:
+        result = segment_raster(request, progress=progress)
     summary = {
         "output": str(result.output_path),
         "heatmaps": None if result.heatmaps_path is None else str(result.heatmaps_path),

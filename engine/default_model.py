@@ -27,7 +27,7 @@ def resolve_model_path(model: str | Path | None) -> Path:
         if not DEFAULT_MODEL_PATH.is_file():
             raise ModelLoadError(
                 f"The embedded default model is missing ({DEFAULT_MODEL_PATH}); run the set-up (`make demo` builds "
-                "and installs it) or choose a model file with --model / MODEL."
+                "and installs it) or choose a model file with MODEL."
             )
         return DEFAULT_MODEL_PATH
     path = Path(str(model).strip()).expanduser()

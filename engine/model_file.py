@@ -14,6 +14,7 @@ import copy
 import hashlib
 import io
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -170,16 +171,38 @@ def _load_checkpoint_bytes(payload: bytes, path: Path) -> Mapping[str, Any]:
     torch = import_backend_library("torch")  # a missing torch says what to install
     try:
         checkpoint = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError... on bad files
-        # torch's own message is long and suggests weights_only=False, which would run pickled code: never.
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, KeyError... on bad files
         raise ModelLoadError(
-            f"Cannot read torch checkpoint '{path}' ({first[:160]}); is it a complete checkpoint saved by "
-            "training.checkpoints (a dict with 'state_dict' and 'model_card')?"
+            f"Cannot read torch checkpoint '{path}' ({_checkpoint_failure(exc)}); is it a complete checkpoint saved "
+            "by training.checkpoints (a dict with 'state_dict' and 'model_card')?"
         ) from exc
     if not isinstance(checkpoint, Mapping):
         raise ModelLoadError(f"Torch checkpoint '{path}' is not a dict; save {{'state_dict': ..., 'model_card': ...}}.")
     return checkpoint
+
+
+def _checkpoint_failure(exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in a few words.
+
+    torch's own message runs to 700 characters and suggests ``weights_only=False``, which would run whatever code the
+    file pickled: never repeat it. Keep only the unpickler's reason, or say what kind of file it is not.
+    """
+    text = str(exc)
+    reason = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\.$|$)", text, re.DOTALL)
+    if reason is not None:
+        detail = " ".join(reason.group(1).split())
+        detail = re.sub(
+            r"^Unsupported global: GLOBAL (\S+) was not an allowed global by default$", r"it holds a \1", detail
+        )
+        if detail.startswith("Unsupported operand"):
+            return "not a torch checkpoint: its bytes are not a pickle torch can read"
+        return f"not a checkpoint of plain tensors and values: {detail[:120]}"
+    first = " ".join(text.split("\n", 1)[0].split())
+    if isinstance(exc, EOFError) or not first:
+        return "the file is empty or cut short" if isinstance(exc, EOFError) else type(exc).__name__
+    if isinstance(exc, KeyError) or "weights_only" in first:
+        return "not a torch checkpoint"
+    return re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", first)[:160]
 
 
 def _open_onnx(cls: type[ModelFile], path: Path, payload: bytes) -> ModelFile:

@@ -1,7 +1,9 @@
-"""Progress reporting and cancellation: the one channel between the pipeline and its caller.
+"""Progress reporting and cancellation between the pipeline and its caller.
 
-The pipeline never prints and never polls a GUI. It talks to a :class:`ProgressReporter`, which the QGIS
-plugin adapts to ``QgsProcessingFeedback`` and the command line to a tqdm bar on stderr.
+The pipeline never prints and never polls a GUI. It reports progress to a :class:`ProgressReporter`, which the
+QGIS plugin adapts to ``QgsProcessingFeedback`` and the command line to a tqdm bar on stderr. Messages are not
+part of it: the engine says things through :mod:`logging` only, and each front end attaches one handler (the
+command line prints them on stderr, the plugin forwards them to the algorithm log), so each appears once.
 """
 
 from __future__ import annotations
@@ -24,9 +26,6 @@ class ProgressReporter(Protocol):
         """Whether the user asked to stop; checked between batches of tiles."""
         ...
 
-    def log(self, message: str) -> None:
-        """Show one line of information to the user (device choice, warnings)."""
-
 
 class NullProgress:
     """A reporter that shows nothing and is never canceled."""
@@ -38,12 +37,9 @@ class NullProgress:
         """Never canceled."""
         return False
 
-    def log(self, message: str) -> None:
-        """Ignore the message."""
-
 
 class TqdmProgress:
-    """A command-line progress bar (tqdm) on stderr; messages are printed above the bar.
+    """A command-line progress bar (tqdm) on stderr (the command line's log handler prints above it).
 
     Cancellation on the command line is Ctrl-C (a ``KeyboardInterrupt``), so :meth:`is_canceled` is False.
     The bar appears with the first progress, so a run that fails during its checks prints only its error.
@@ -87,12 +83,6 @@ class TqdmProgress:
         """Never canceled: Ctrl-C interrupts the command line directly."""
         return False
 
-    def log(self, message: str) -> None:
-        """Print a message above the bar."""
-        from tqdm import tqdm
-
-        tqdm.write(message, file=self._stream)
-
     def close(self) -> None:
         """Close the bar, if it was ever shown."""
         if self._bar is not None:
@@ -110,7 +100,7 @@ class TqdmProgress:
 class SubProgress:
     """A part of another reporter's range: fractions 0..1 here map to ``start .. start + span`` there.
 
-    Cancellation and messages pass through unchanged.
+    Cancellation passes through unchanged (messages go through logging, not through reporters).
     """
 
     def __init__(self, parent: ProgressReporter, start: float, span: float) -> None:
@@ -126,7 +116,3 @@ class SubProgress:
     def is_canceled(self) -> bool:
         """Whether the parent was canceled."""
         return self._parent.is_canceled()
-
-    def log(self, message: str) -> None:
-        """Pass the message on."""
-        self._parent.log(message)

@@ -25,8 +25,8 @@ from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
 from .. import engine
-from ..engine import BiCoRSegError, CanceledError
-from ..feedback import engine_warnings_to_feedback
+from ..engine import BiCoRSegError, CanceledError, OutOfMemoryError
+from ..feedback import engine_messages_to_feedback
 
 HELP_URL = "https://github.com/bicorseg/bicorseg-qgis#readme"
 #: The engine's loggers: ``engine.*`` in a repository checkout, ``bicorseg_qgis.engine.*`` in the installed plugin.
@@ -149,7 +149,7 @@ class BiCoRSegAlgorithm(QgsProcessingAlgorithm):
         if missing:
             raise QgsProcessingException(install_instructions(missing))
         try:
-            with engine_warnings_to_feedback(feedback, ENGINE_LOGGER):
+            with engine_messages_to_feedback(feedback, ENGINE_LOGGER):
                 return self.execute(parameters, context, feedback)
         except CanceledError as exc:
             raise QgsProcessingException(self.tr("Canceled; no output was written.")) from exc
@@ -161,7 +161,5 @@ class BiCoRSegAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(str(exc)) from exc
         except BiCoRSegError as exc:
             raise QgsProcessingException(str(exc)) from exc
-        except MemoryError as exc:
-            raise QgsProcessingException(
-                self.tr("Out of memory; lower BATCH_SIZE or TILE_SIZE, or process a smaller EXTENT.")
-            ) from exc
+        except MemoryError as exc:  # outside the engine (which raises OutOfMemoryError with the same advice)
+            raise QgsProcessingException(str(OutOfMemoryError())) from exc

@@ -32,7 +32,7 @@ from qgis.core import (
 from .. import styling
 from ..compat import FILE_BEHAVIOR_FILE, NUMBER_DOUBLE, NUMBER_INTEGER, POLYGON_SOURCE, mark_advanced
 from ..feedback import FeedbackProgress
-from ..layer_input import raster_input
+from ..layer_input import file_backed_path, raster_input
 from ..parameters import StaticStringEnum, enum_choice
 from .base import BiCoRSegAlgorithm
 
@@ -97,7 +97,9 @@ class SegmentLandCoverAlgorithm(BiCoRSegAlgorithm):
             "through QGIS at their native resolution or at the model's.\n\n"
             "MODEL: an .onnx file or PyTorch checkpoint carrying a model card; empty uses the bundled model.\n"
             "BANDS: input bands in the model's order (default: matched from the card).\n"
-            "EXTENT / MASK: process only this area / inside these polygons; elsewhere the output is nodata (255).\n"
+            "EXTENT / MASK: process only this area / inside these polygons; elsewhere the output is nodata (255). "
+            "Typed as text (qgis_process, scripts) EXTENT is xmin,xmax,ymin,ymax [CRS], QGIS's order; the engine's "
+            "command line (--extent) takes xmin,ymin,xmax,ymax.\n"
             "RESAMPLE: resample the raster to the model's resolution (its card's ground sampling distance) and the "
             "results back; false runs the model at the raster's own resolution. The log states both resolutions and "
             "the processing grid, warns when they are more than 4x apart, and the run stops when resampling would "
@@ -107,7 +109,8 @@ class SegmentLandCoverAlgorithm(BiCoRSegAlgorithm):
             "or signed imagery).\n"
             "TILE_SIZE, BATCH_SIZE: 0 takes the model card's values (a model with a fixed input size sets the tile "
             "size); OVERLAP: -1 takes the card's. A tile larger than the raster is shrunk to one that covers it.\n"
-            "OUTPUT: class raster (UInt8, colour table and class names). HEATMAPS: one probability band per class.\n"
+            "OUTPUT: class raster (UInt8, colour table and class names). HEATMAPS: one probability band per class. "
+            "Both are GeoTIFFs (.tif or .tiff; other extensions are refused); a missing output folder is created.\n"
             "HBIS_HEATMAPS (BiCoR-Seg models only): the class heatmaps of one HBIS layer, i.e. how similar each "
             "pixel's features are to each class's embedding inside the model, as per-class probabilities (softmax "
             "over classes), one band per class. HBIS_LAYER picks the layer: 0 is the first, -1 (default) the last.\n"
@@ -251,24 +254,23 @@ class SegmentLandCoverAlgorithm(BiCoRSegAlgorithm):
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
         """Build the request, run the engine on this (background) thread, report, and attach the styles."""
-        from ..engine import segment_raster
+        from ..engine import bounded_gdal_cache, segment_raster
 
         request, run = self.build_request(parameters, context, feedback)
         start = RENDER_PROGRESS_PERCENT if run.rendered else 0.0
         progress = FeedbackProgress(feedback, start_percent=start, span_percent=100.0 - start)
         try:
-            result = segment_raster(request, progress=progress, model=run.model)
+            # GDAL's cache in QGIS is 5 % of RAM and keeps written blocks: bound it for the run, as the CLI does.
+            with bounded_gdal_cache():
+                result = segment_raster(request, progress=progress, model=run.model)
         finally:
             if run.rendered:
                 Path(request.input_path).unlink(missing_ok=True)
         feedback.setProgress(100.0)
+        # The engine already said which backend and device and why; this is the run's summary.
         feedback.pushInfo(
-            self.tr("Backend: {backend}; device: {device} ({reason}); {tiles} tiles in {seconds:.1f} s.").format(
-                backend=result.backend,
-                device=result.device,
-                reason=result.device_reason,
-                tiles=result.tile_count,
-                seconds=result.elapsed_s,
+            self.tr("Segmented {tiles} tiles in {seconds:.1f} s with {backend} on {device}.").format(
+                tiles=result.tile_count, seconds=result.elapsed_s, backend=result.backend, device=result.device
             )
         )
         self.write_class_statistics(run.statistics_path, result, feedback)
@@ -289,7 +291,7 @@ class SegmentLandCoverAlgorithm(BiCoRSegAlgorithm):
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> tuple[Any, _Run]:
         """The ONE place that reads this algorithm's parameters: returns the engine request and run details."""
-        from ..engine import PROCESSING_OPTION_NAMES, ModelFile, SegmentationRequest
+        from ..engine import PROCESSING_OPTION_NAMES, ModelFile, SegmentationRequest, check_output_paths
 
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if layer is None or not layer.isValid():
@@ -319,14 +321,13 @@ class SegmentLandCoverAlgorithm(BiCoRSegAlgorithm):
         heatmaps_text = self.parameterAsOutputLayer(parameters, self.HEATMAPS, context)
         hbis_text = self.parameterAsOutputLayer(parameters, self.HBIS_HEATMAPS, context)
         vector_text = self.parameterAsOutputLayer(parameters, self.VECTOR_OUTPUT, context)
-        for path in (output, *(Path(text) for text in (heatmaps_text, hbis_text) if text)):
-            if path.suffix.lower() not in (".tif", ".tiff"):
-                raise QgsProcessingException(
-                    self.tr("Output '{path}' must be a GeoTIFF (.tif); change its file extension.").format(path=path)
-                )
-            path.parent.mkdir(parents=True, exist_ok=True)  # as QGIS's own raster writers do
-        if vector_text:
-            Path(vector_text).parent.mkdir(parents=True, exist_ok=True)
+        # The engine's one check (the command line makes the same): GeoTIFF extensions only, a missing folder is
+        # created; made now so that a web layer is not rendered for outputs that cannot be written.
+        check_output_paths(
+            [output, *(Path(text) for text in (heatmaps_text, hbis_text) if text)],
+            file_backed_path(layer),
+            vector_outputs=[Path(vector_text)] if vector_text else [],
+        )
         mask = self._mask_geometries(parameters, context, layer)
         card = model.card
         progress = FeedbackProgress(feedback, 0.0, RENDER_PROGRESS_PERCENT)
@@ -416,6 +417,11 @@ class SegmentLandCoverAlgorithm(BiCoRSegAlgorithm):
         )
         if result.heatmaps_path is not None:
             styling.write_heatmap_qml(Path(result.heatmaps_path), band=1)
+            if context.willLoadLayerOnCompletion(str(result.heatmaps_path)):
+                # Opened here, after its style exists, the layer takes the style instead of computing QGIS's
+                # default stretch (a histogram of three whole bands); Processing then loads this very layer.
+                layer = styling.open_styled_raster(Path(result.heatmaps_path), Path(result.heatmaps_path).stem)
+                context.temporaryLayerStore().addMapLayer(layer)
             styling.attach_post_processor(
                 context,
                 str(result.heatmaps_path),

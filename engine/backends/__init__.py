@@ -30,7 +30,7 @@ def select_backend_name(model: ModelFile, backend: str = "auto") -> str:
     Raises:
         InvalidInputError: If the backend name is unknown or cannot run this kind of file (the message says how).
     """
-    choice = check_choice(backend, BACKENDS, "backend", "BACKEND / --backend")
+    choice = check_choice(backend, BACKENDS, "backend", "BACKEND")
     if model.kind == "onnx":
         if choice == "torch":
             raise InvalidInputError(
@@ -67,7 +67,7 @@ def load_backend(
             requested but not usable (the message says why).
         ModelLoadError: If the model cannot be loaded or does not match its card.
     """
-    device_choice = check_choice(device, DEVICES, "device", "DEVICE / --device")
+    device_choice = check_choice(device, DEVICES, "device", "DEVICE")
     name = select_backend_name(model, backend)
     if name == "onnxruntime":
         from .onnx_backend import OnnxBackend

@@ -8,7 +8,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import InvalidInputError, ModelLoadError
+from ..errors import InvalidInputError, ModelLoadError, OutOfMemoryError
 
 BackendName = Literal["onnxruntime", "torch"]
 DeviceName = Literal["cpu", "cuda"]
@@ -95,3 +95,22 @@ def check_choice(value: str, choices: tuple[str, ...], what: str, option: str) -
     if normalised != "auto" and normalised not in choices:
         raise InvalidInputError(f"Unknown {what} '{value}'; choose auto, {', '.join(choices)} ({option}).")
     return normalised
+
+
+#: Phrases of the runtimes' allocation failures: onnxruntime ("Failed to allocate memory for requested buffer of
+#: size ..."), torch on CPU ("DefaultCPUAllocator: can't allocate memory") and on CUDA ("CUDA out of memory").
+_ALLOCATION_FAILURES = ("failed to allocate memory", "can't allocate memory", "out of memory")
+
+
+def allocation_failure(exc: BaseException, backend: str) -> OutOfMemoryError | None:
+    """The engine's out-of-memory error for a model call that failed to allocate, or None for other failures.
+
+    Both runtimes raise plain ``RuntimeError``-like exceptions (with a C++ stack in the message) when memory runs
+    out; the user needs one line saying to lower BATCH_SIZE or TILE_SIZE.
+    """
+    if isinstance(exc, OutOfMemoryError):
+        return exc
+    text = str(exc).lower()
+    if isinstance(exc, MemoryError) or any(phrase in text for phrase in _ALLOCATION_FAILURES):
+        return OutOfMemoryError(f"{backend} could not allocate memory for the model")
+    return None

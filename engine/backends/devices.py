@@ -92,7 +92,7 @@ def choose_device(requested: str, cuda_usable: bool, cuda_reason: str, backend: 
     if requested == "cuda":
         raise BackendUnavailableError(
             f"DEVICE cuda was requested but CUDA is not usable with {backend}: {cuda_reason}. "
-            "Choose DEVICE auto or cpu (--device cpu), or fix the CUDA installation."
+            "Choose DEVICE auto or cpu, or fix the CUDA installation."
         )
     return DeviceChoice("cpu", f"CUDA not available: {cuda_reason}")
 

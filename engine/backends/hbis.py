@@ -74,12 +74,12 @@ def resolve_hbis_layer(layer: int, backend: object, card: ModelCard) -> int:
         if card.architecture.startswith("bicorseg"):
             raise InvalidInputError(
                 f"Model '{card.name}' ({card.architecture}) was exported without its HBIS heatmap outputs "
-                "(heatmap_0, heatmap_1, ...); re-export it with `python -m training.export --heatmaps` (or "
-                "bicorseg:exportmodel with HEATMAPS checked), or leave HBIS_HEATMAPS / --hbis-heatmaps empty."
+                "(heatmap_0, heatmap_1, ...); re-export it with `python -m training.export` with its heatmaps option (or "
+                "bicorseg:exportmodel with HEATMAPS checked), or leave HBIS_HEATMAPS empty."
             )
         raise InvalidInputError(
             f"Model '{card.name}' ({card.architecture}) has no HBIS class heatmaps: only BiCoR-Seg models have "
-            "them. Leave HBIS_HEATMAPS / --hbis-heatmaps empty (HEATMAPS / --heatmaps gives the class "
+            "them. Leave HBIS_HEATMAPS empty (HEATMAPS gives the class "
             "probabilities of any model), or choose a BiCoR-Seg model."
         )
     if layer == LAST_HBIS_LAYER:
@@ -87,7 +87,7 @@ def resolve_hbis_layer(layer: int, backend: object, card: ModelCard) -> int:
     if not 0 <= layer < count:
         raise InvalidInputError(
             f"HBIS layer {layer} does not exist: model '{card.name}' has {count} HBIS layers, numbered 0 to "
-            f"{count - 1}; set HBIS_LAYER / --hbis-layer to one of them, or -1 for the last."
+            f"{count - 1}; set HBIS_LAYER to one of them, or -1 for the last."
         )
     return layer
 

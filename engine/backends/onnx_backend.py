@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 from ..errors import BackendUnavailableError, InvalidInputError, ModelLoadError
 from ..export import heatmap_output_name
 from ..model_file import ModelFile
-from .contract import check_batch, check_output
+from .contract import allocation_failure, check_batch, check_output
 from .devices import choose_device, import_backend_library, onnxruntime_cuda_status
 from .hbis import hbis_probabilities
 from .probabilities import to_probabilities
@@ -81,10 +81,9 @@ class OnnxBackend:
         self._static_size: tuple[int, int] | None = None
         if isinstance(shape[2], int) and isinstance(shape[3], int) and shape[2] > 0 and shape[3] > 0:
             self._static_size = (shape[2], shape[3])
-        logger.info(
-            "onnxruntime %s on %s (%s), providers %s, %d intra-op threads.",
-            ort.__version__, self.device, self.device_reason, self.providers, self.num_threads,
-        )  # fmt: skip
+        logger.debug(
+            "onnxruntime %s, providers %s, %d intra-op threads.", ort.__version__, self.providers, self.num_threads
+        )
 
     def _check_input(self) -> None:
         shape = self._input.shape
@@ -130,7 +129,7 @@ class OnnxBackend:
                 f"HBIS layer {layer} does not exist in '{self.model_path.name}' ({self.hbis_layer_count} layers)."
             )
         x = self._feed(batch)
-        output, heat = self._session.run([self._output_name, self._heatmap_names[layer]], {self._input.name: x})
+        output, heat = self._session_run([self._output_name, self._heatmap_names[layer]], x)
         check_output(output, x.shape, self.card, self.model_path)
         if heat.ndim != 4 or heat.shape[:2] != (x.shape[0], self.card.num_classes):
             raise ModelLoadError(
@@ -152,8 +151,19 @@ class OnnxBackend:
         return x
 
     def _run(self, x: NDArray[Any]) -> NDArray[Any]:
-        (output,) = self._session.run([self._output_name], {self._input.name: x})
+        (output,) = self._session_run([self._output_name], x)
         return np.asarray(output)
+
+    def _session_run(self, names: list[str], x: NDArray[Any]) -> list[Any]:
+        """One model call; ONNX Runtime's allocation failures become the engine's one-line out-of-memory error."""
+        try:
+            outputs: list[Any] = self._session.run(names, {self._input.name: x})
+        except Exception as exc:  # onnxruntime raises untyped RuntimeExceptions (allocation, kernel failures)
+            oom = allocation_failure(exc, "onnxruntime")
+            if oom is None:
+                raise
+            raise oom from exc
+        return outputs
 
     def _run_padded(self, x: NDArray[Any]) -> NDArray[Any]:
         """Run a chunk of at most the model's fixed batch size, padding it with zero tiles."""

@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 
 from ..errors import InvalidInputError, ModelLoadError
 from ..model_file import ModelFile
-from .contract import TensorShapes, check_batch, check_output
+from .contract import TensorShapes, allocation_failure, check_batch, check_output
 from .devices import choose_device, import_backend_library, torch_cuda_status
 
 __all__ = ["TorchBackend"]
@@ -72,9 +72,7 @@ class TorchBackend:
         module.to(self.device)
         if self._channels_last:
             module.to(memory_format=torch.channels_last)  # tensor cores prefer NHWC convolutions
-        logger.info(
-            "torch %s on %s (%s), autocast %s.", torch.__version__, self.device, self.device_reason, self.amp_dtype
-        )
+        logger.debug("torch %s, autocast %s.", torch.__version__, self.amp_dtype)
 
     @classmethod
     def from_module(
@@ -127,7 +125,20 @@ class TorchBackend:
         self.hbis_layer_count = int(getattr(module, "heatmap_count", 0))
 
     def predict(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
-        """(B, C, H, W) normalised tiles -> (B, K, H, W) class probabilities."""
+        """(B, C, H, W) normalised tiles -> (B, K, H, W) class probabilities.
+
+        Raises:
+            OutOfMemoryError: If torch cannot allocate memory for the batch (lower BATCH_SIZE or TILE_SIZE).
+        """
+        try:
+            return self._predict(batch)
+        except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+            oom = allocation_failure(exc, "torch")
+            if oom is None:
+                raise
+            raise oom from exc
+
+    def _predict(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
         torch = self._torch
         x_np = check_batch(batch, self.card)
         with torch.inference_mode():

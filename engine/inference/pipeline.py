@@ -31,7 +31,7 @@ from rasterio.windows import Window
 from .. import __version__
 from ..backends import InferenceBackend, load_backend
 from ..backends.hbis import hbis_layer_count, resolve_hbis_layer
-from ..errors import CanceledError
+from ..errors import CanceledError, OutOfMemoryError
 from ..model_card import ModelCard
 from ..model_file import ModelFile
 from ..progress import NullProgress, ProgressReporter, SubProgress
@@ -206,11 +206,6 @@ def provenance_tags(
     }
 
 
-def _say(progress: ProgressReporter, message: str, level: int = logging.INFO) -> None:
-    logger.log(level, message)
-    progress.log(message)
-
-
 def segment_raster(
     request: SegmentationRequest,
     progress: ProgressReporter | None = None,
@@ -236,7 +231,22 @@ def segment_raster(
         ModelLoadError: If the model returns NaN or infinite values, or an output of the wrong shape.
         OutputPathError: If an output cannot be written.
         CanceledError: If ``progress`` reported a cancel; nothing is left at the output paths.
+        OutOfMemoryError: If memory ran out (the message says to lower BATCH_SIZE or TILE_SIZE).
     """
+    try:
+        return _segment_raster(request, progress, backend, model)
+    except OutOfMemoryError:
+        raise
+    except MemoryError as exc:  # numpy or a runtime ran out: one line with the fix, never a traceback
+        raise OutOfMemoryError() from exc
+
+
+def _segment_raster(
+    request: SegmentationRequest,
+    progress: ProgressReporter | None,
+    backend: InferenceBackend | None,
+    model: ModelFile | None,
+) -> SegmentationResult:
     started = time.perf_counter()
     reporter = progress if progress is not None else NullProgress()
     check_output_paths(request)
@@ -266,17 +276,14 @@ def segment_raster(
         value_scaling=request.value_scaling,
         names=request.option_names,
     ) as source:
-        if not source.georeferenced:
-            _say(reporter, f"'{request.input_path}' has no georeference; segmenting its pixel grid.", logging.WARNING)
         if not source.resolution_warned:  # a warning was already logged on opening: say it once
-            _say(reporter, source.resolution_line)
+            logger.info("%s", source.resolution_line)
         if source.scaling_line:
-            _say(reporter, source.scaling_line)
+            logger.info("%s", source.scaling_line)
         if fixed_size is not None:
             if request.tile_size_px is None:
-                _say(
-                    reporter,
-                    f"Model '{card.name}' takes a fixed {spec.tile_size_px} px square input: tiles of that size.",
+                logger.info(
+                    "Model '%s' takes a fixed %d px square input: tiles of that size.", card.name, spec.tile_size_px
                 )
         else:
             spec, note = clamp_tiling(
@@ -284,12 +291,13 @@ def segment_raster(
                 request.option_names,
             )  # fmt: skip
             if note:
-                _say(reporter, note)
+                logger.info("%s", note)
         if hbis_layer is not None:
-            _say(
-                reporter, f"HBIS heatmaps of layer {hbis_layer} (layers 0 to {int(hbis_tags['hbis_layer_count']) - 1})."
+            logger.info(
+                "HBIS heatmaps of layer %d (layers 0 to %d).", hbis_layer, int(hbis_tags["hbis_layer_count"]) - 1
             )
-        _say(reporter, f"Model '{card.name}' runs with {backend.name} on {backend.device}: {backend.device_reason}")
+        # Messages go through logging only: each front end shows them once (CLI: stderr, QGIS: the algorithm log).
+        logger.info("Model '%s' runs with %s on %s: %s", card.name, backend.name, backend.device, backend.device_reason)
         model_sha256 = model.sha256
         tags = provenance_tags(request, card, model_sha256, spec, batch_size, backend)
         vector = request.vector
@@ -317,15 +325,14 @@ def segment_raster(
             writer.commit(progress=SubProgress(reporter, _VECTOR_RUN_TILES_SHARE, _VECTOR_SHARE))
         if writer.vector_stats is not None:
             sieve = writer.vector_stats.sieve_threshold_px
-            _say(
-                reporter,
-                f"Wrote {writer.vector_stats.feature_count} class polygons to '{request.vector_path}'"
-                + (f" (regions under {sieve} px merged into their largest neighbour)." if sieve else "."),
+            merged = f" (regions under {sieve} px merged into their largest neighbour)" if sieve else ""
+            logger.info(
+                "Wrote %d class polygons to '%s'%s.", writer.vector_stats.feature_count, request.vector_path, merged
             )
     counts = np.asarray(writer.class_pixel_counts, dtype=np.int64)
     reporter.set_progress(1.0)
     elapsed = time.perf_counter() - started
-    logger.info("Segmented %d of %d tiles in %.1f s", stats.tiles_run, stats.tile_count, elapsed)
+    logger.debug("Segmented %d of %d tiles in %.1f s", stats.tiles_run, stats.tile_count, elapsed)
     return SegmentationResult(
         output_path=Path(request.output_path),
         heatmaps_path=None if request.heatmaps_path is None else Path(request.heatmaps_path),

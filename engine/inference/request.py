@@ -103,17 +103,17 @@ class SegmentationRequest:
         if self.hbis_layer < LAST_HBIS_LAYER:
             raise InvalidInputError(
                 f"HBIS layer {self.hbis_layer} is not valid; layers are numbered from 0, and -1 means the last "
-                "(HBIS_LAYER / --hbis-layer)."
+                "(HBIS_LAYER)."
             )
         if self.hbis_layer != LAST_HBIS_LAYER and self.hbis_heatmaps_path is None:
             raise InvalidInputError(
-                f"HBIS layer {self.hbis_layer} was chosen but no HBIS heatmaps are written; give HBIS_HEATMAPS / "
-                "--hbis-heatmaps too, or leave the layer at -1."
+                f"HBIS layer {self.hbis_layer} was chosen but no HBIS heatmaps are written; give HBIS_HEATMAPS too, or "
+                "leave the layer at -1."
             )
         if self.min_area_m2 and self.vector_path is None:
             raise InvalidInputError(
                 f"A minimum area of {self.min_area_m2} m² applies to the vector output, which was not asked for; give "
-                "VECTOR_OUTPUT / --vector too, or set the minimum area to 0."
+                "VECTOR_OUTPUT too, or set the minimum area to 0."
             )
 
     @property

@@ -64,12 +64,12 @@ def match_bands(
 
     Raises:
         InvalidRasterError: If the explicit bands are wrong or the bands cannot be matched; the message names the
-            raster's bands and the fix (``--bands`` on the command line, ``BANDS`` in QGIS).
+            raster's bands and the fix (the BANDS option; the command line spells it ``--bands``).
     """
     expected = ", ".join(card.input_bands)
     fix = (
         f"choose {card.num_bands} band number{'s' if card.num_bands != 1 else ''} in the model's order "
-        f"({expected}) with --bands (BANDS in QGIS), e.g. --bands {','.join(str(i + 1) for i in range(card.num_bands))}"
+        f"({expected}) with BANDS, e.g. BANDS {','.join(str(i + 1) for i in range(card.num_bands))}"
     )
     if bands is not None:
         return _check_explicit(layout, card, tuple(bands), raster_name, fix)

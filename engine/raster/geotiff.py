@@ -27,6 +27,7 @@ from rasterio.windows import Window
 
 from ..model_card import NODATA_CLASS, ModelCard
 from .heatmaps import HEATMAP_NODATA, HEATMAP_SCALE
+from .write_checks import check_free_space, verify_geotiff, verify_sidecar, write_failure
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +78,14 @@ class GridFiles:
         heatmaps: DatasetWriter | None,
         num_classes: int,
         hbis: DatasetWriter | None = None,
+        shown: Mapping[Path, Path] | None = None,
     ) -> None:
         self.grid = grid
         self.classes_path = Path(classes.name)
         self.heatmaps_path = None if heatmaps is None else Path(heatmaps.name)
         self.hbis_path = None if hbis is None else Path(hbis.name)
+        # What errors call the files: the outputs they become, never the hidden temporaries' names.
+        self._shown = dict(shown or {})
         self._classes_ds: DatasetWriter | None = classes
         self._heatmaps_ds = heatmaps
         self._hbis_ds = hbis
@@ -104,6 +108,7 @@ class GridFiles:
         tags: Mapping[str, str],
         hbis_path: Path | None = None,
         hbis_tags: Mapping[str, str] | None = None,
+        shown: Mapping[Path, Path] | None = None,
     ) -> GridFiles:
         """Create the GeoTIFFs (colour table, band descriptions, scales, nodata and tags set up front).
 
@@ -115,6 +120,7 @@ class GridFiles:
             tags: Provenance tags of every file.
             hbis_path: BiCoR-Seg's HBIS heatmaps, or None.
             hbis_tags: Further tags of the HBIS heatmaps (which layer, how normalised).
+            shown: Maps each path to the output it becomes, named in errors instead of the temporary's name.
         """
         georef: dict[str, Any] = {"height": grid.height, "width": grid.width}
         if grid.transform is not None:
@@ -140,7 +146,7 @@ class GridFiles:
                 if ds is not None:
                     ds.close()
             raise
-        return cls(grid, classes, heatmaps, card.num_classes, hbis)
+        return cls(grid, classes, heatmaps, card.num_classes, hbis, shown)
 
     @property
     def class_pixel_counts(self) -> tuple[int, ...]:
@@ -177,31 +183,51 @@ class GridFiles:
             return
         window = Window(0, self._stage_row, self.grid.width, self._staged)
         classes = self._class_stage[: self._staged]
+        # GDAL may report a full disk only on stderr: never hand it a block row that cannot fit uncompressed.
+        check_free_space(self.classes_path, classes.nbytes, self.shown(self.classes_path))
         self._classes_ds.write(classes, 1, window=window)
-        if self._heatmaps_ds is not None and self._heat_stage is not None:
-            self._heatmaps_ds.write(self._heat_stage[:, : self._staged], window=window)
-        if self._hbis_ds is not None and self._hbis_stage is not None:
-            self._hbis_ds.write(self._hbis_stage[:, : self._staged], window=window)
+        if self._heatmaps_ds is not None and self._heat_stage is not None and self.heatmaps_path is not None:
+            heat = self._heat_stage[:, : self._staged]
+            check_free_space(self.heatmaps_path, heat.nbytes, self.shown(self.heatmaps_path))
+            self._heatmaps_ds.write(heat, window=window)
+        if self._hbis_ds is not None and self._hbis_stage is not None and self.hbis_path is not None:
+            hbis = self._hbis_stage[:, : self._staged]
+            check_free_space(self.hbis_path, hbis.nbytes, self.shown(self.hbis_path))
+            self._hbis_ds.write(hbis, window=window)
         labelled = classes[classes != NODATA_CLASS]
         self._counts += np.bincount(labelled, minlength=self._num_classes)[: self._num_classes]
         self._stage_row += self._staged
         self._staged = 0
 
     def close(self, discard: bool = False) -> None:
-        """Flush staged rows (unless discarding) and close the files. Safe to call twice."""
+        """Flush staged rows (unless discarding), close the files and check they reached the disk complete.
+
+        Safe to call twice.
+
+        Raises:
+            OutputPathError: If a file could not be written completely (full disk, OS error); one line.
+        """
         if not discard:
             self._flush()
         for ds in (self._classes_ds, self._heatmaps_ds, self._hbis_ds):
             if ds is not None:
                 try:
                     ds.close()
-                except Exception:
+                except Exception as exc:
                     if not discard:
-                        raise
+                        raise write_failure(self.shown(Path(ds.name)), exc) from exc
                     logger.debug("Ignoring an error while closing discarded %s", ds.name, exc_info=True)
+        closed = [] if discard or self._classes_ds is None else [self.classes_path, self.heatmaps_path, self.hbis_path]
         self._classes_ds = None
         self._heatmaps_ds = None
         self._hbis_ds = None
+        for path in closed:
+            if path is not None:
+                verify_geotiff(path, self.shown(path))
+
+    def shown(self, path: Path) -> Path:
+        """The output ``path`` becomes (for messages), or ``path`` itself."""
+        return self._shown.get(path, path)
 
     def write_category_names(self, card: ModelCard) -> None:
         """Store the class names as GDAL category names of the class raster.
@@ -221,7 +247,13 @@ class GridFiles:
         for name in card.class_names:
             ET.SubElement(names, "Category").text = name
         ET.indent(root)
-        ET.ElementTree(root).write(aux, encoding="unicode")
+        shown = self.shown(self.classes_path)
+        shown_aux = shown.with_name(shown.name + ".aux.xml")
+        try:
+            ET.ElementTree(root).write(aux, encoding="unicode")
+        except OSError as exc:
+            raise write_failure(shown_aux, exc) from exc
+        verify_sidecar(aux, shown_aux)
 
 
 def _create_probability_raster(

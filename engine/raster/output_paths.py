@@ -17,20 +17,33 @@ logger = logging.getLogger(__name__)
 GEOTIFF_SUFFIXES: tuple[str, ...] = (".tif", ".tiff")
 
 
-def check_output_paths(outputs: Sequence[Path], input_path: Path, vector_outputs: Sequence[Path] = ()) -> None:
+def check_output_paths(outputs: Sequence[Path], input_path: Path | None, vector_outputs: Sequence[Path] = ()) -> None:
     """Fail early, naming the path and the fix, when an output cannot be written or would clobber the input.
+
+    Every front end makes this one check, so the command line and QGIS agree: a missing output folder is created
+    (as QGIS's own raster writers do), and a raster extension GDAL would not write as a GeoTIFF is refused.
 
     Args:
         outputs: Raster destinations of one run (class raster first, then heatmaps, HBIS heatmaps), GeoTIFF paths.
-        input_path: The raster being segmented (never overwritten).
+        input_path: The raster being segmented (never overwritten); None when not known yet.
         vector_outputs: Vector destinations of the run (their format is checked by :mod:`engine.raster.vectorize`).
 
     Raises:
-        OutputPathError: For two outputs on the same file, an output on the input, an output that is a folder,
-            a missing or unwritable folder, or a read-only existing file.
+        OutputPathError: For a raster extension other than .tif/.tiff, two outputs on the same file, an output on
+            the input, an output that is a folder, a folder that cannot be created or written, or a read-only
+            existing file.
     """
     rasters = [Path(p) for p in outputs]
     paths = rasters + [Path(p) for p in vector_outputs]
+    for path in paths:
+        if path.is_dir():
+            raise OutputPathError(f"Output '{path}' is a folder; give a file path such as '{path / 'classes.tif'}'.")
+    for path in rasters:
+        if path.suffix.lower() not in GEOTIFF_SUFFIXES:
+            raise OutputPathError(
+                f"Output '{path}' must be a GeoTIFF (.tif or .tiff), the only format the engine writes; change its "
+                "file extension."
+            )
     resolved = [p.resolve() for p in paths]
     if len(set(resolved)) != len(resolved):
         same = next(p for p, r in zip(paths, resolved, strict=True) if resolved.count(r) > 1)
@@ -39,16 +52,23 @@ def check_output_paths(outputs: Sequence[Path], input_path: Path, vector_outputs
             "its own path."
         )
     for path in paths:
-        if path.resolve() == Path(input_path).resolve():
+        if input_path is not None and path.resolve() == Path(input_path).resolve():
             raise OutputPathError(f"Output '{path}' is the input raster; choose another output path.")
-        if path.is_dir():
-            raise OutputPathError(f"Output '{path}' is a folder; give a file path such as '{path / 'classes.tif'}'.")
         folder = path.resolve().parent
         if not folder.is_dir():
-            raise OutputPathError(f"Output folder '{folder}' does not exist; create it or choose another output path.")
+            _create_folder(folder)
         if not os.access(folder, os.W_OK | os.X_OK):
             raise OutputPathError(f"Output folder '{folder}' is not writable; choose a folder you can write to.")
         if path.exists() and not os.access(path, os.W_OK):
             raise OutputPathError(f"Output '{path}' exists and is read-only; delete it or choose another path.")
-        if path in rasters and path.suffix.lower() not in GEOTIFF_SUFFIXES:
-            logger.warning("Output '%s' is written as GeoTIFF whatever its extension; consider '.tif'.", path)
+
+
+def _create_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputPathError(
+            f"Output folder '{folder}' does not exist and cannot be created ({exc.strerror or exc}); choose another "
+            "output path."
+        ) from exc
+    logger.info("Created the output folder '%s'.", folder)

@@ -11,6 +11,7 @@ the pixel count by more than 16). Raw values are scaled per :mod:`engine.raster.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -21,15 +22,16 @@ import rasterio
 from affine import Affine
 from numpy.typing import NDArray
 from rasterio.enums import MaskFlags, Resampling
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetReader
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from ..errors import InvalidRasterError
+from ..errors import InvalidRasterError, root_cause
 from ..model_card import ModelCard
 from ..option_names import CLI_OPTION_NAMES, OptionNames
 from .bands import BandLayout, Normalizer, match_bands
+from .input_identity import InputIdentity
 from .regions import RegionFilter
 from .resolution import GSD_TOLERANCE, ResolutionPlan, pixel_size_m, plan_resolution
 from .value_scaling import (
@@ -96,6 +98,7 @@ class RasterSource:
         self.input_gsd_m = plan.input_gsd_m
         self.value_scaling = value_scaling
         self._dataset = dataset
+        self._identity = InputIdentity.of(str(dataset.name), [str(dataset.name), *dataset.files])
         self._regions = regions
         self._closed = False
         self._reader: DatasetReader | WarpedVRT = dataset
@@ -181,12 +184,16 @@ class RasterSource:
         if not name.startswith("/vsi") and "://" not in name and not path.exists():
             raise InvalidRasterError(f"Input raster '{path}' does not exist; check the path.")
         try:
-            dataset = rasterio.open(path)
+            with warnings.catch_warnings():  # the engine says itself, once, when a raster has no georeference
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                dataset = rasterio.open(path)
         except (RasterioError, OSError) as exc:
             raise InvalidRasterError(
-                f"Cannot open '{path}' as a raster ({exc}); give a complete GeoTIFF, VRT or other GDAL raster."
+                f"Cannot open '{path}' as a raster ({root_cause(exc)}); give a complete GeoTIFF, VRT or other GDAL "
+                "raster."
             ) from exc
         try:
+            _check_sources_exist(dataset, path)
             layout = BandLayout(
                 colorinterps=tuple(ci.name.lower() for ci in dataset.colorinterp),
                 descriptions=tuple(d or "" for d in dataset.descriptions),
@@ -234,6 +241,14 @@ class RasterSource:
         if region is not None:
             valid &= region
         return valid
+
+    def check_unchanged(self) -> None:
+        """Raise if a file of the input was replaced, rewritten or removed since it was opened.
+
+        Raises:
+            InvalidRasterError: Naming the file; nothing may then be committed (rows of two versions).
+        """
+        self._identity.check_unchanged()
 
     @property
     def closed(self) -> bool:
@@ -285,8 +300,8 @@ class RasterSource:
             data = reader.read(self.band_indexes, window=inner)
         except RasterioError as exc:
             raise InvalidRasterError(
-                f"Reading {inner} of '{self.path}' failed ({exc}); the file may be truncated or corrupt: "
-                "re-create or re-download it."
+                f"Reading {_describe(inner)} of '{self.path}' failed ({root_cause(exc)}); the file may be truncated "
+                "or corrupt: re-create or re-download it."
             ) from exc
         raw[:, r0:r1, c0:c1] = data
         valid[r0:r1, c0:c1] = self._inner_valid(reader, inner)
@@ -323,10 +338,35 @@ class RasterSource:
             masks = reader.read_masks(list(indexes), window=inner)
         except RasterioError as exc:
             raise InvalidRasterError(
-                f"Reading the mask of '{self.path}' failed ({exc}); is the file complete?"
+                f"Reading the mask of {_describe(inner)} of '{self.path}' failed ({root_cause(exc)}); is the file "
+                "complete?"
             ) from exc
         # With nodata values a pixel is invalid only where every band is nodata (GDAL's dataset-mask rule).
         return np.asarray((masks > 0).any(axis=0), dtype=bool)
+
+
+def _describe(window: Window) -> str:
+    """A window in words (rasterio's repr is not for users)."""
+    return (
+        f"rows {int(window.row_off)}-{int(window.row_off + window.height) - 1}, "
+        f"columns {int(window.col_off)}-{int(window.col_off + window.width) - 1}"
+    )
+
+
+def _check_sources_exist(dataset: DatasetReader, path: Path) -> None:
+    """A VRT (or another multi-file raster) whose source file is missing opens fine but fails on the first read.
+
+    Raises:
+        InvalidRasterError: Naming the missing file.
+    """
+    for name in dataset.files[1:]:
+        if name.startswith("/vsi") or "://" in name or name.lower().endswith((".aux.xml", ".ovr")):
+            continue
+        if not Path(name).exists():
+            raise InvalidRasterError(
+                f"Input raster '{path}' refers to '{name}', which does not exist; restore that file or fix the "
+                f"paths in '{path.name}'."
+            )
 
 
 def _split_window(window: Window, height: int, width: int) -> tuple[int, int, Window | None, int, int]:
@@ -354,7 +394,7 @@ def _plan(dataset: DatasetReader, card: ModelCard, resample: bool) -> Resolution
     pixel_m = None
     reason = ""
     if not _is_georeferenced(dataset):
-        reason = "no georeference"
+        reason = "not georeferenced"
     else:
         pixel_m = pixel_size_m(dataset.crs, dataset.transform, dataset.width, dataset.height)
         if pixel_m is None:

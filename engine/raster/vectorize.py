@@ -77,7 +77,7 @@ class VectorOutput:
         if not math.isfinite(self.min_area_m2) or self.min_area_m2 < 0:
             raise InvalidInputError(
                 f"Minimum area {self.min_area_m2} m² is not valid; give 0 (keep every region) or a positive "
-                "number of square metres (MIN_AREA / --min-area)."
+                "number of square metres (MIN_AREA)."
             )
 
 
@@ -103,8 +103,8 @@ def _osgeo() -> tuple[Any, Any, Any]:
     except ImportError as exc:
         raise BackendUnavailableError(
             f"The vector output needs GDAL's Python bindings (osgeo), which are not importable ({exc}); install "
-            "them (Debian/Ubuntu: apt install python3-gdal; QGIS always has them), or leave VECTOR_OUTPUT / "
-            "--vector empty."
+            "them (Debian/Ubuntu: apt install python3-gdal; QGIS always has them), or leave VECTOR_OUTPUT "
+            "empty."
         ) from exc
     return gdal, ogr, osr
 
@@ -376,7 +376,7 @@ class _AreaCalculator:
         pixel = self.pixel_area_m2()
         if pixel is None or pixel <= 0:
             raise InvalidInputError(
-                "MIN_AREA / --min-area needs a georeferenced input (square metres have no meaning on a pixel "
+                "MIN_AREA needs a georeferenced input (square metres have no meaning on a pixel "
                 "grid); set it to 0 or georeference the raster."
             )
         # A region of exactly min_area_m2 is kept: the tolerance absorbs rounding in min_area / pixel area.

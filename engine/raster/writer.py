@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -36,7 +35,9 @@ from .geotiff import BLOCK_SIZE_PX, GridFiles, OutputGrid
 from .grid_resampling import GridResampler
 from .heatmaps import HEATMAP_NODATA, quantize_probabilities, round_probabilities
 from .output_paths import check_output_paths
+from .temp_files import new_run_token, remove_stale_temporaries, temp_path
 from .vectorize import VectorOutput, VectorStats, vector_sidecars, write_class_polygons
+from .write_checks import verify_geotiff, verify_sidecar, write_failure
 
 __all__ = ["SegmentationWriter", "WriterSource"]
 
@@ -67,6 +68,10 @@ class WriterSource(Protocol):
 
     def read_input_valid(self, window: Window) -> NDArray[np.bool_]:
         """Validity of a window of the input grid (nodata, masks, EXTENT, MASK), boundless."""
+        ...
+
+    def check_unchanged(self) -> None:
+        """Raise if the input's files changed since they were opened (checked before the outputs are committed)."""
         ...
 
 
@@ -135,7 +140,9 @@ class SegmentationWriter:
         rasters = [self.output_path] + [p for p in (self.heatmaps_path, self.hbis_path) if p is not None]
         vectors = [] if vector is None else [Path(vector.path)]
         check_output_paths(rasters, source.path, vector_outputs=vectors)
-        token = uuid.uuid4().hex[:12]
+        for folder in dict.fromkeys(path.resolve().parent for path in rasters + vectors):
+            remove_stale_temporaries(folder)  # what runs killed with SIGKILL left behind
+        token = new_run_token()
         self._token = token
         self._temps: list[Path] = []
         transform = source.transform if source.has_geotransform else None
@@ -157,16 +164,19 @@ class SegmentationWriter:
     def _open_grid(self, grid: OutputGrid, token: str, kind: str, card: ModelCard, heatmaps: Path | None) -> GridFiles:
         classes = self._temp_path(self.output_path, token, kind)
         hbis = None if self.hbis_path is None else self._temp_path(self.hbis_path, token, kind)
+        shown = {classes: self.output_path}
+        if heatmaps is not None:
+            shown[heatmaps] = self.heatmaps_path or self.output_path
+        if hbis is not None and self.hbis_path is not None:
+            shown[hbis] = self.hbis_path
         try:
-            return GridFiles.create(grid, classes, heatmaps, card, self._tags, hbis, self._hbis_tags)
+            return GridFiles.create(grid, classes, heatmaps, card, self._tags, hbis, self._hbis_tags, shown)
         except (OSError, rasterio.errors.RasterioError) as exc:
-            raise OutputPathError(
-                f"Cannot write '{self.output_path}': creating a file in '{classes.parent}' failed ({exc}); choose a "
-                "writable folder with enough free space."
-            ) from exc
+            failed = self.heatmaps_path if heatmaps is not None and heatmaps.exists() and self.heatmaps_path else None
+            raise write_failure(failed or self.output_path, exc) from exc
 
     def _temp_path(self, final: Path, token: str, kind: str) -> Path:
-        path = final.with_name(f".{final.stem}.{token}.{kind}.tmp.tif")
+        path = temp_path(final, token, kind)
         self._temps.extend([path, path.with_name(path.name + ".aux.xml")])
         return path
 
@@ -219,8 +229,10 @@ class SegmentationWriter:
             hbis = encode(extra, valid)
         try:
             target.write(row_off, classes, heat, hbis)
+        except OutputPathError:
+            raise
         except (OSError, rasterio.errors.RasterioError) as exc:
-            raise _write_error(self.output_path, exc) from exc
+            raise write_failure(self.output_path, exc) from exc
         self._next_row = row_off + rows
 
     def commit(self, progress: ProgressReporter | None = None) -> None:
@@ -231,11 +243,19 @@ class SegmentationWriter:
 
         Raises:
             ValueError: If not every row was written.
-            OutputPathError: If a file cannot be moved into place (e.g. open in another program).
+            OutputPathError: If a file could not be written completely (full disk, OS error) or moved into place
+                (e.g. open in another program); nothing is left at the output paths.
+            InvalidRasterError: If the input changed during the run (nothing is committed).
             CanceledError: If ``progress`` reports a cancel during the vector step (nothing is moved into place).
         """
         if self._finished:
             raise ValueError("commit() called twice or after abort().")
+        # GDAL reports what goes wrong while closing only to its error handler: inside an Env that is rasterio's,
+        # which logs it (the checks after each close turn it into one error), instead of GDAL printing to stderr.
+        with rasterio.Env():
+            self._commit(progress)
+
+    def _commit(self, progress: ProgressReporter | None) -> None:
         try:
             if self._next_row != self._source.height:
                 raise ValueError(f"commit() after {self._next_row} of {self._source.height} rows; write every row.")
@@ -248,8 +268,10 @@ class SegmentationWriter:
                     self._processing.close()
                     self._resample_back(self._processing)
                 self._final.close()
+            except OutputPathError:
+                raise
             except (OSError, rasterio.errors.RasterioError) as exc:
-                raise _write_error(self.output_path, exc) from exc
+                raise write_failure(self.output_path, exc) from exc
             self.class_pixel_counts = self._final.class_pixel_counts
             self.valid_pixel_count = sum(self.class_pixel_counts)
             if self.valid_pixel_count == 0:  # counted on the input grid, after any resampling back
@@ -259,6 +281,8 @@ class SegmentationWriter:
                 )
             self._final.write_category_names(self._card)
             finals = self._finalise_files()
+            # An input overwritten during the run gave rows of two images: commit nothing rather than a mix.
+            self._source.check_unchanged()
             if self.vector is not None:
                 finals.append(self._write_vector(finals, progress))
             _move_into_place(finals)
@@ -356,7 +380,7 @@ class SegmentationWriter:
                 hbis_source.close()
 
     def _finalise_files(self) -> list[tuple[Path, Path]]:
-        """(temp, destination) pairs to move, after the optional COG conversion."""
+        """(temp, destination) pairs to move, after the optional COG conversion; every file checked complete."""
         pairs = [(self._final.classes_path, self.output_path)]
         if self.heatmaps_path is not None and self._final.heatmaps_path is not None:
             pairs.append((self._final.heatmaps_path, self.heatmaps_path))
@@ -364,12 +388,14 @@ class SegmentationWriter:
             pairs.append((self._final.hbis_path, self.hbis_path))
         if self._cog:
             pairs = [
-                (_to_cog(temp, is_classes=dest == self.output_path, temps=self._temps), dest) for temp, dest in pairs
+                (_to_cog(temp, dest, is_classes=dest == self.output_path, temps=self._temps), dest)
+                for temp, dest in pairs
             ]
         moves: list[tuple[Path, Path]] = []
         for temp, dest in pairs:
             aux = temp.with_name(temp.name + ".aux.xml")
             dest_aux = dest.with_name(dest.name + ".aux.xml")
+            verify_sidecar(aux, dest_aux)
             if aux.exists():
                 moves.append((aux, dest_aux))
             elif dest_aux.exists():
@@ -399,26 +425,23 @@ class SegmentationWriter:
                 logger.debug("Could not delete temp file %s: %s", path, exc)
 
 
-def _to_cog(path: Path, is_classes: bool, temps: list[Path]) -> Path:
+def _to_cog(path: Path, dest: Path, is_classes: bool, temps: list[Path]) -> Path:
     """Copy a tiled GeoTIFF to a Cloud-Optimised GeoTIFF beside it (with overviews); return the COG's path."""
     cog = path.with_name(path.name.replace(".tmp.tif", ".cog.tmp.tif"))
     temps.extend([cog, cog.with_name(cog.name + ".aux.xml")])
-    rasterio.shutil.copy(
-        path, cog, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=BLOCK_SIZE_PX, BIGTIFF="IF_SAFER",
-        PREDICTOR="NO" if is_classes else "YES", NUM_THREADS="ALL_CPUS",
-        OVERVIEW_RESAMPLING="NEAREST" if is_classes else "AVERAGE",
-    )  # fmt: skip
+    try:
+        rasterio.shutil.copy(
+            path, cog, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=BLOCK_SIZE_PX, BIGTIFF="IF_SAFER",
+            PREDICTOR="NO" if is_classes else "YES", NUM_THREADS="ALL_CPUS",
+            OVERVIEW_RESAMPLING="NEAREST" if is_classes else "AVERAGE",
+        )  # fmt: skip
+    except (OSError, rasterio.errors.RasterioError) as exc:
+        raise write_failure(dest, exc) from exc
+    verify_geotiff(cog, dest)
     aux = path.with_name(path.name + ".aux.xml")
     if aux.exists():  # category names live in the PAM sidecar: carry them over
         os.replace(aux, cog.with_name(cog.name + ".aux.xml"))
     return cog
-
-
-def _write_error(output_path: Path, exc: BaseException) -> OutputPathError:
-    return OutputPathError(
-        f"Writing the outputs beside '{output_path}' failed ({exc}); is the disk full? Free space or choose another "
-        "folder."
-    )
 
 
 def _move_into_place(moves: list[tuple[Path, Path]]) -> None:
@@ -430,6 +453,7 @@ def _move_into_place(moves: list[tuple[Path, Path]]) -> None:
             for path in done:  # all or nothing: no half-written set of outputs
                 path.unlink(missing_ok=True)
             raise OutputPathError(
-                f"Cannot write '{dest}' ({exc}); close it in any program that has it open, or choose another path."
+                f"Cannot write '{dest}' ({exc.strerror or type(exc).__name__}); close it in any program that has it "
+                "open, or choose another path."
             ) from exc
         done.append(dest)

@@ -113,7 +113,7 @@ def test_cuda_request_without_cuda_raises_with_reason_and_fix(
     from engine.backends import torch_backend
 
     monkeypatch.setattr(torch_backend, "torch_cuda_status", lambda torch: (False, "no NVIDIA driver"))
-    with pytest.raises(BackendUnavailableError, match=r"not usable with torch: no NVIDIA driver.*--device cpu"):
+    with pytest.raises(BackendUnavailableError, match=r"not usable with torch: no NVIDIA driver.*DEVICE auto or cpu"):
         load_backend(_model(tiny_model_files.checkpoint_path, tiny_model_files.card), device="cuda")
 
 

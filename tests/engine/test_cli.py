@@ -120,7 +120,11 @@ def bad_input_cases(tmp_path: Path, tiny_model: Path, raster: Path) -> dict[str,
         "band count": (["segment", str(raster), "-o", out, *model, "--bands", "1,2"], "3"),
         "band syntax": (["segment", str(raster), "-o", out, *model, "--bands", "red"], "band numbers"),
         "all nodata": (["segment", str(nodata), "-o", out, *model], "contains no valid pixels"),
-        "output folder": (["segment", str(raster), "-o", str(tmp_path / "no" / "c.tif"), *model], "does not exist"),
+        "output folder": (
+            ["segment", str(raster), "-o", str(tmp_path / "in.tif" / "no" / "c.tif"), *model],
+            "does not exist and cannot be created",
+        ),
+        "output extension": (["segment", str(raster), "-o", str(tmp_path / "c.png"), *model], "must be a GeoTIFF"),
         "model without card": (["segment", str(raster), "-o", out, "--model", str(no_card)], "card"),
         "missing model": (["segment", str(raster), "-o", out, "--model", str(tmp_path / "m.onnx")], "does not exist"),
         "tile size": (["segment", str(raster), "-o", out, *model, "--tile-size", "30"], "use a tile size of 32"),
@@ -131,7 +135,7 @@ def bad_input_cases(tmp_path: Path, tiny_model: Path, raster: Path) -> dict[str,
 
 CASES = [
     "missing file", "corrupt file", "band index", "band count", "band syntax", "all nodata", "output folder",
-    "model without card", "missing model", "tile size", "overlap", "missing output option",
+    "output extension", "model without card", "missing model", "tile size", "overlap", "missing output option",
 ]  # fmt: skip
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tracemalloc
 from pathlib import Path
 
@@ -37,7 +38,6 @@ from tests.engine.pipeline_helpers import (
 class RecordingProgress:
     def __init__(self, cancel_after: int | None = None) -> None:
         self.fractions: list[float] = []
-        self.messages: list[str] = []
         self.cancel_after = cancel_after
         self.polls = 0
 
@@ -47,9 +47,6 @@ class RecordingProgress:
     def is_canceled(self) -> bool:
         self.polls += 1
         return self.cancel_after is not None and self.polls > self.cancel_after
-
-    def log(self, message: str) -> None:
-        self.messages.append(message)
 
 
 @pytest.fixture(scope="session")
@@ -185,7 +182,10 @@ def test_request_rejects_unknown_options(tmp_path: Path) -> None:
 # --- end to end through raster_io and the real backends ---------------------------------------------------------
 
 
-def test_segment_raster_writes_classes_and_heatmaps_of_the_model(tmp_path: Path, tiny_onnx: Path) -> None:
+def test_segment_raster_writes_classes_and_heatmaps_of_the_model(
+    tmp_path: Path, tiny_onnx: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="engine")
     image = make_image(70, 53, seed=3)
     raster = write_raster(tmp_path / "in.tif", image)
     progress = RecordingProgress()
@@ -208,7 +208,8 @@ def test_segment_raster_writes_classes_and_heatmaps_of_the_model(tmp_path: Path,
     assert result.class_pixel_counts == tuple(np.bincount(probs.argmax(axis=0).ravel(), minlength=3))
     assert result.valid_pixel_count == 70 * 53
     assert progress.fractions == sorted(progress.fractions) and progress.fractions[-1] == 1.0
-    assert any("onnxruntime" in m and "cpu" in m for m in progress.messages)
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("engine")]
+    assert sum("onnxruntime" in m and "cpu" in m for m in said) == 1  # once, through logging only
 
 
 def test_result_does_not_depend_on_tile_size_or_stitching(tmp_path: Path, tiny_onnx: Path) -> None:
@@ -260,7 +261,10 @@ def test_cancel_leaves_nothing_at_the_output_paths(tmp_path: Path, tiny_onnx: Pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
 
 
-def test_raster_smaller_than_a_tile_and_without_georeference(tmp_path: Path, tiny_onnx: Path) -> None:
+def test_raster_smaller_than_a_tile_and_without_georeference(
+    tmp_path: Path, tiny_onnx: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="engine")
     image = make_image(9, 13, seed=6)
     raster = write_raster(tmp_path / "plain.tif", image, georeferenced=False)
     progress = RecordingProgress()
@@ -268,14 +272,15 @@ def test_raster_smaller_than_a_tile_and_without_georeference(tmp_path: Path, tin
     segment_raster(SegmentationRequest(raster, out, model_path=tiny_onnx), progress=progress, backend=SoftmaxBackend())
     with rasterio.open(out) as dataset:
         np.testing.assert_array_equal(dataset.read(1), expected_probs(image).argmax(axis=0))
-    assert any("no georeference" in m for m in progress.messages)
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("engine")]
+    assert sum("no georeference" in m for m in said) == 1  # said once (it used to be said twice)
 
 
 def test_unwritable_output_folder_fails_before_any_work(tmp_path: Path, tiny_onnx: Path) -> None:
     raster = write_raster(tmp_path / "in.tif", make_image(8, 8))
     backend = SoftmaxBackend()
-    request = SegmentationRequest(raster, tmp_path / "missing" / "c.tif", model_path=tiny_onnx)
-    with pytest.raises(OutputPathError, match="does not exist"):
+    request = SegmentationRequest(raster, tmp_path / "in.tif" / "missing" / "c.tif", model_path=tiny_onnx)
+    with pytest.raises(OutputPathError, match="does not exist and cannot be created"):
         segment_raster(request, backend=backend)
     with pytest.raises(OutputPathError, match="is the input"):
         segment_raster(SegmentationRequest(raster, raster, model_path=tiny_onnx), backend=backend)
@@ -344,7 +349,9 @@ def test_d4_tta_averages_the_eight_dihedral_views_mapped_back() -> None:
 # --- models with a fixed input size, tile clamps, broken outputs (issue 12) ------------------------------------
 
 
-def test_a_fixed_size_onnx_model_sets_the_tile_size_and_says_so(tmp_path: Path) -> None:
+def test_a_fixed_size_onnx_model_sets_the_tile_size_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from tests.engine.pipeline_helpers import build_fixed_size_onnx
 
     model = build_fixed_size_onnx(tmp_path / "fixed.onnx", size_px=24, batch=1)
@@ -353,11 +360,14 @@ def test_a_fixed_size_onnx_model_sets_the_tile_size_and_says_so(tmp_path: Path) 
     progress = RecordingProgress()
     out = tmp_path / "c.tif"
     # batch 3: the model takes exactly one tile per call, the backend splits (and pads) every batch
-    segment_raster(SegmentationRequest(raster, out, model_path=model, batch_size=3, num_threads=1), progress=progress)
+    with caplog.at_level("INFO", logger="engine"):
+        segment_raster(
+            SegmentationRequest(raster, out, model_path=model, batch_size=3, num_threads=1), progress=progress
+        )
     with rasterio.open(out) as dataset:
         np.testing.assert_array_equal(dataset.read(1), expected_probs(image).argmax(axis=0))
         assert dataset.tags()["tile_size_px"] == "24"
-    assert any("fixed 24 px square input" in m for m in progress.messages)
+    assert sum("fixed 24 px square input" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_a_tile_size_other_than_the_fixed_input_is_one_clear_error(tmp_path: Path) -> None:
@@ -374,7 +384,7 @@ def test_a_tile_size_other_than_the_fixed_input_is_one_clear_error(tmp_path: Pat
 
 @pytest.mark.parametrize(("tile", "expected"), [(100_000, 64), (4096, 64), (64, 64), (40, 40)])
 def test_a_tile_larger_than_the_raster_is_clamped_to_the_smallest_that_covers_it(
-    tmp_path: Path, tiny_onnx: Path, tile: int, expected: int
+    tmp_path: Path, tiny_onnx: Path, tile: int, expected: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     image = make_image(41, 57, seed=13)  # covered by 64 px, the next multiple of the card's divisor 8
     raster = write_raster(tmp_path / "in.tif", image)
@@ -382,11 +392,12 @@ def test_a_tile_larger_than_the_raster_is_clamped_to_the_smallest_that_covers_it
     backend = SoftmaxBackend()
     out = tmp_path / "c.tif"
     request = SegmentationRequest(raster, out, model_path=tiny_onnx, tile_size_px=tile, overlap_px=16)
-    segment_raster(request, progress=progress, backend=backend)
+    with caplog.at_level("INFO", logger="engine"):
+        segment_raster(request, progress=progress, backend=backend)
     with rasterio.open(out) as dataset:
         assert dataset.tags()["tile_size_px"] == str(expected)
         np.testing.assert_array_equal(dataset.read(1), expected_probs(image).argmax(axis=0))
-    said = [m for m in progress.messages if "is larger than the 57 x 41 px processing grid" in m]
+    said = [r.getMessage() for r in caplog.records if "is larger than the 57 x 41 px processing grid" in r.getMessage()]
     assert len(said) == (1 if tile > expected else 0)
     if said:
         assert f"--tile-size {tile}" in said[0] and f"using {expected} px" in said[0]

@@ -71,7 +71,7 @@ def test_explicit_bands_override_colour_interpretation(make_geotiff: MakeGeoTiff
 
 def test_band_index_out_of_range_names_band_count_and_fix(make_geotiff: MakeGeoTiff) -> None:
     path = make_geotiff(random_bands(3), photometric="RGB")
-    with pytest.raises(InvalidRasterError, match=r"3 bands \(red, green, blue\).*--bands"):
+    with pytest.raises(InvalidRasterError, match=r"3 bands \(red, green, blue\).*with BANDS"):
         RasterSource.open(path, make_tiny_card(), bands=(1, 2, 5))
 
 
@@ -83,7 +83,7 @@ def test_wrong_number_of_explicit_bands_raises(make_geotiff: MakeGeoTiff) -> Non
 
 def test_single_band_raster_for_rgb_model_explains_the_fix(make_geotiff: MakeGeoTiff) -> None:
     path = make_geotiff(random_bands(1))
-    with pytest.raises(InvalidRasterError, match=r"1 band \(gray\).*expects 3 bands \(red, green, blue\).*--bands"):
+    with pytest.raises(InvalidRasterError, match=r"1 band \(gray\).*expects 3 bands \(red, green, blue\).*with BANDS"):
         RasterSource.open(path, make_tiny_card())
 
 
@@ -105,7 +105,7 @@ def test_extra_card_band_takes_the_remaining_band_and_descriptions_match(make_ge
 def test_ambiguous_leftover_bands_ask_for_explicit_bands(make_geotiff: MakeGeoTiff) -> None:
     card = make_tiny_card(input_bands=("red", "green", "blue", "nir"), norm_mean=(0.0,) * 4, norm_std=(1.0,) * 4)
     path = make_geotiff(random_bands(5), colorinterp=["red", "green", "blue", "undefined", "undefined"])
-    with pytest.raises(InvalidRasterError, match=r"5 bands.*--bands 1,2,3,4"):
+    with pytest.raises(InvalidRasterError, match=r"5 bands.*BANDS 1,2,3,4"):
         RasterSource.open(path, card)
 
 

@@ -326,7 +326,8 @@ def test_commit_replaces_an_existing_output_and_its_stale_sidecar(make_geotiff: 
 @pytest.mark.parametrize(
     ("name", "message"),
     [
-        ("missing_folder/c.tif", "Output folder .*missing_folder' does not exist; create it"),
+        ("c.png", r"must be a GeoTIFF \(\.tif or \.tiff\).*change its file extension"),
+        ("raster.tif/sub/c.tif", "Output folder .*sub' does not exist and cannot be created"),
         ("raster.tif", "is the input raster; choose another output path"),
         (".", "is a folder; give a file path"),
     ],
@@ -339,6 +340,16 @@ def test_unusable_output_path_is_rejected_before_any_work(
     with RasterSource.open(raster, card) as source, pytest.raises(OutputPathError, match=message):
         SegmentationWriter(source, tmp_path / name, None, card, {})
     assert [p.name for p in tmp_path.iterdir()] == ["raster.tif"]
+
+
+def test_a_missing_output_folder_is_created(make_geotiff: MakeGeoTiff, tmp_path: Path) -> None:
+    raster = rgb_raster(make_geotiff)
+    card = make_tiny_card()
+    out = tmp_path / "new" / "deeper" / "c.tif"
+    with RasterSource.open(raster, card) as source, SegmentationWriter(source, out, None, card, {}) as writer:
+        write_all(writer, probs_for(label_pattern(40, 50)), np.ones((40, 50), dtype=bool), strip=16)
+        writer.commit()
+    assert out.is_file()
 
 
 def test_unwritable_folder_is_rejected_at_construction(make_geotiff: MakeGeoTiff, tmp_path: Path) -> None:

@@ -223,7 +223,7 @@ def test_the_command_line_warns_once_about_a_much_finer_raster(tmp_path: Path, m
     code, stderr = run_cli(str(path), "-o", str(tmp_path / "c.tif"), "--model", str(model_2m))
     assert code == 0, stderr
     lines = [line for line in stderr.splitlines() if "Resolution" in line]
-    assert len(lines) == 1 and lines[0].startswith("WARNING: ") and "the model sees 10 x 10 pixels" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("warning: ") and "the model sees 10 x 10 pixels" in lines[0]
 
 
 def test_the_command_line_refuses_a_coarse_raster_with_one_line_and_no_output(tmp_path: Path, model_2m: Path) -> None:

@@ -147,7 +147,7 @@ def test_other_vector_formats_by_extension(tmp_path: Path, tiny_model: Path, nam
     ("extra", "message"),
     [
         (["--vector", "v.shp"], "unsupported extension"),
-        (["--min-area", "5"], "VECTOR_OUTPUT / --vector"),
+        (["--min-area", "5"], "give --vector too"),
         (["--vector", "v.gpkg", "--min-area", "-1"], "expected a finite area >= 0"),
     ],
 )

@@ -1,4 +1,4 @@
-"""The feedback adapter: engine fractions -> monotonic percents, cancel, and engine log lines shown once."""
+"""The feedback adapter: engine fractions -> monotonic percents, cancel; the engine's log records shown once."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 import pytest
 from qgis.core import QgsProcessingFeedback
 
-from bicorseg_qgis.feedback import FeedbackProgress, engine_warnings_to_feedback
+from bicorseg_qgis.feedback import FeedbackProgress, engine_messages_to_feedback
 
 pytestmark = pytest.mark.qgis
 
@@ -43,15 +43,26 @@ def test_cancel_is_read_from_the_feedback(qgis_app):
     assert progress.is_canceled()
 
 
-def test_engine_warnings_reach_the_log_once(qgis_app):
+def test_engine_messages_reach_the_log_once_each(qgis_app):
     feedback = RecordingFeedback()
     logger = logging.getLogger("bicorseg_qgis.engine.test")
-    progress = FeedbackProgress(feedback)
-    with engine_warnings_to_feedback(feedback, "bicorseg_qgis.engine"):
+    with engine_messages_to_feedback(feedback, "bicorseg_qgis.engine"):
         logger.warning("nodata value missing; using the alpha band")
-        progress.log("said through progress")
-        logger.warning("said through progress")  # the engine's _say does both: show it once
-        logger.info("only for the log file")
+        logger.info("Model 'm' runs with onnxruntime on cpu: CPU requested")
+        logger.debug("only for the log file")
     logger.warning("after the run: not this feedback's business")
     assert feedback.warnings == ["nodata value missing; using the alpha band"]
-    assert feedback.infos == ["said through progress"]
+    assert feedback.infos == ["Model 'm' runs with onnxruntime on cpu: CPU requested"]
+    assert not hasattr(FeedbackProgress(feedback), "log")  # one channel: no second way for the engine to talk
+
+
+def test_overlapping_runs_keep_the_engine_logger_open_until_the_last_ends(qgis_app):
+    logger = logging.getLogger("bicorseg_qgis.engine.overlap")
+    before = logging.getLogger("bicorseg_qgis.engine").level
+    first, second = RecordingFeedback(), RecordingFeedback()
+    with engine_messages_to_feedback(first, "bicorseg_qgis.engine"):
+        with engine_messages_to_feedback(second, "bicorseg_qgis.engine"):
+            pass
+        logger.info("still running")
+    assert first.infos == ["still running"]
+    assert logging.getLogger("bicorseg_qgis.engine").level == before
