@@ -177,6 +177,40 @@ class SegmentationWriter:
             raise _write_error(self.output_path, exc) from exc
         self._next_row = row_off + rows
 
+    def write_encoded_rows(self, row_off: int, classes: NDArray[np.uint8], heatmaps: NDArray[np.uint16] | None) -> None:
+        """Write finished rows that another writer already encoded (the parts of a distributed run).
+
+        The values are taken as they are: ``classes`` as written by :meth:`write_rows` (class index, or
+        :data:`~engine.model_card.NODATA_CLASS`), ``heatmaps`` as quantised by it; so the assembled outputs hold
+        exactly the bytes a single writer would have written.
+
+        Args:
+            row_off: First row on the processing grid; rows must arrive in order without gaps.
+            classes: (rows, source.width) uint8.
+            heatmaps: (K, rows, source.width) uint16, required when this writer writes heatmaps.
+
+        Raises:
+            ValueError: If rows arrive out of order or the shapes do not match the grid (a caller bug).
+            OutputPathError: If writing fails (disk full).
+        """
+        if self._finished:
+            raise ValueError("write_encoded_rows() after commit() or abort(); create a new SegmentationWriter.")
+        rows, width = classes.shape
+        if row_off != self._next_row or width != self._source.width or row_off + rows > self._source.height:
+            raise ValueError(
+                f"write_encoded_rows(row_off={row_off}, classes {classes.shape}) does not continue the grid: "
+                f"expected row {self._next_row} and width {self._source.width}."
+            )
+        if self.heatmaps_path is not None and (
+            heatmaps is None or heatmaps.shape != (self._card.num_classes, rows, width)
+        ):
+            raise ValueError(f"heatmaps must be ({self._card.num_classes}, {rows}, {width}) uint16.")
+        try:
+            (self._processing or self._final).write(row_off, classes, heatmaps if self.heatmaps_path else None)
+        except (OSError, rasterio.errors.RasterioError) as exc:
+            raise _write_error(self.output_path, exc) from exc
+        self._next_row = row_off + rows
+
     def commit(self) -> None:
         """Finish the outputs and move them into place.
 
