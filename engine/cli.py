@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from . import __version__
-from .errors import BiCoRSegError, CanceledError
+from .errors import BiCoRSegError, CanceledError, InvalidInputError
 from .inference.stitching import stitching_names
 from .inference.tta import TTA_MODES
 
@@ -105,6 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--no-resample", action="store_true", help="keep the input resolution (ignore card GSD)")
     segment.add_argument("--cog", action="store_true", help="write Cloud Optimized GeoTIFFs")
     segment.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads for the backend")
+    cluster = segment.add_mutually_exclusive_group()
+    cluster.add_argument(
+        "--workers", type=_positive_int, metavar="N", help="run on a local Dask cluster of N worker processes"
+    )
+    cluster.add_argument(
+        "--scheduler", metavar="ADDRESS", help="run on an existing Dask cluster: tcp://HOST:PORT or a scheduler file"
+    )
+    segment.add_argument(
+        "--super-tile", type=_positive_int, metavar="N", help="super-tile edge of a Dask run, a multiple of 256 px"
+    )
+    segment.add_argument(
+        "--upload-model", action="store_true", help="send the model file to each Dask worker (no shared path)"
+    )
     segment.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
     segment.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     segment.add_argument("-v", "--verbose", action="store_true", help="log details")
@@ -210,8 +223,14 @@ def _segment(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             cog=args.cog,
             num_threads=args.threads,
         )
+        distributed: dict[str, Any] | None = None
         with TqdmProgress(description=args.input.name, stream=err, disable=args.quiet) as progress:
-            result = segment_raster(request, progress=progress)
+            if args.workers is None and args.scheduler is None:
+                if args.super_tile is not None or args.upload_model:
+                    raise InvalidInputError("--super-tile and --upload-model need --workers N or --scheduler ADDRESS.")
+                result = segment_raster(request, progress=progress)
+            else:
+                result, distributed = _segment_on_dask(args, request, progress)
     finally:
         logging.getLogger(__package__ or "engine").removeHandler(handler)
     summary = {
@@ -227,11 +246,45 @@ def _segment(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         "class_pixel_counts": dict(zip(result.card.class_names, result.class_pixel_counts, strict=True)),
         "elapsed_s": round(result.elapsed_s, 3),
     }
+    if distributed is not None:
+        summary["distributed"] = distributed
     if args.json:
         out.write(json.dumps(summary, indent=2) + "\n")
     written = str(result.output_path) + ("" if result.heatmaps_path is None else f" and {result.heatmaps_path}")
     err.write(f"wrote {written}: {result.valid_pixel_count} classified pixels in {result.elapsed_s:.1f} s\n")
     return EXIT_OK
+
+
+def _segment_on_dask(args: argparse.Namespace, request: Any, progress: Any) -> tuple[Any, dict[str, Any]]:
+    """Run ``request`` on Dask; the result and the ``distributed`` part of the JSON summary."""
+    from .distributed import DEFAULT_SUPER_TILE_PX, ClusterOptions, segment_distributed
+
+    options = ClusterOptions(
+        workers=args.workers,
+        scheduler=args.scheduler,
+        super_tile_px=args.super_tile or DEFAULT_SUPER_TILE_PX,
+        upload_model=args.upload_model,
+    )
+    run = segment_distributed(request, options, progress=progress)
+    return run.result, {
+        "super_tile_px": run.super_tile_px,
+        "super_tiles": run.super_tiles,
+        "tiles_computed": run.tiles_computed,
+        "redundant_tile_share": round(run.redundant_tile_share, 4),
+        "compute_s": round(run.compute_s, 3),
+        "assemble_s": round(run.assemble_s, 3),
+        "workers": [
+            {
+                "worker": w.worker,
+                "tasks": w.tasks,
+                "tiles": w.tiles,
+                "tiles_run": w.tiles_run,
+                "valid_pixels": w.valid_pixel_count,
+                "seconds": w.seconds,
+            }
+            for w in run.workers
+        ],
+    }
 
 
 def _info(args: argparse.Namespace, out: TextIO) -> int:

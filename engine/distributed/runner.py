@@ -125,6 +125,7 @@ class DistributedResult:
         workers: Per-worker counts, by address.
         compute_s: Seconds until every part was finished.
         assemble_s: Seconds spent assembling the outputs.
+        parts: What each super-tile's task reported, by index.
     """
 
     result: SegmentationResult
@@ -135,6 +136,7 @@ class DistributedResult:
     workers: tuple[WorkerCounts, ...]
     compute_s: float
     assemble_s: float
+    parts: tuple[PartResult, ...] = ()
 
 
 class _ReportedBackend:
@@ -281,7 +283,7 @@ def segment_distributed(
             reporter.log(
                 f"Segmenting {len(plan)} super-tiles of {options.super_tile_px} px on "
                 f"{len(client.scheduler_info().get('workers', {}))} Dask workers "
-                f"({redundancy:.1%} of the tiles computed twice at their borders)."
+                f"(+{redundancy:.1%} tile runs for the tiles straddling their borders)."
             )
             parts = _run_tasks(client, jobs, plan, spec, source.height, source.width, parts_dir, reporter, run_id)
             compute_s = time.perf_counter() - started
@@ -336,6 +338,7 @@ def segment_distributed(
         workers=_per_worker(parts.values()),
         compute_s=compute_s,
         assemble_s=assemble_s,
+        parts=tuple(parts[tile.index] for tile in plan),
     )
 
 

@@ -32,7 +32,7 @@ from rasterio.windows import transform as window_transform
 from .. import __version__
 from ..backends import load_backend
 from ..backends.threads import physical_core_count
-from ..errors import CanceledError, DistributedRunError, ModelLoadError
+from ..errors import BiCoRSegError, CanceledError, DistributedRunError, ModelLoadError
 from ..inference.pipeline import stitch_raster
 from ..inference.request import SegmentationRequest
 from ..inference.tiling import TilingSpec
@@ -282,11 +282,26 @@ class _EventProgress:
 def run_super_tile(job: SuperTileJob) -> PartResult:
     """The task: segment one super-tile and write it as a part; returns what was done.
 
+    Engine errors travel back to the client as the same error type and message, without their cause (a GDAL
+    error does not always survive pickling, and Dask would then send a bare ``Exception``).
+
     Raises:
         CanceledError: If the run was canceled (its parts folder removed) before the part was in place.
         DistributedRunError: If this worker's engine version differs from the client's.
         BiCoRSegError: Bad input found on the worker (unreadable block, model missing), with the engine's message.
     """
+    portable: BiCoRSegError | None = None
+    try:
+        return _run_super_tile(job)
+    except BiCoRSegError as exc:
+        try:
+            portable = type(exc)(*exc.args)
+        except TypeError:  # a subclass with another constructor: keep the message
+            portable = DistributedRunError(str(exc))
+    raise portable  # outside the handler: no cause, no context to pickle
+
+
+def _run_super_tile(job: SuperTileJob) -> PartResult:
     started = time.perf_counter()
     if job.engine_version != __version__:
         raise DistributedRunError(
