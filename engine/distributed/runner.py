@@ -160,6 +160,20 @@ def _import_distributed() -> Any:
     return distributed
 
 
+#: Dask's setting for the environment of the worker processes a nanny starts.
+_PRE_SPAWN_ENVIRON = "distributed.nanny.pre-spawn-environ"
+
+
+def _worker_environ(environ: dict[str, Any]) -> dict[str, Any]:
+    """Dask's worker environment without ``MALLOC_TRIM_THRESHOLD_``.
+
+    Dask sets it to 64 KiB so workers hand memory back to the system; that also turns off glibc's adaptive mmap
+    threshold, so every tile-sized array is mmapped and faulted in afresh: measured 3x the page faults and +10 %
+    CPU time for the same segmentation. The engine's memory is bounded by design, so workers keep glibc's default.
+    """
+    return {key: value for key, value in environ.items() if key != "MALLOC_TRIM_THRESHOLD_"}
+
+
 @contextlib.contextmanager
 def connect(options: ClusterOptions, num_threads: int | None = None) -> Iterator[tuple[Any, int | None]]:
     """A Dask client for ``options``: a new local cluster (closed on exit) or the given scheduler.
@@ -174,13 +188,16 @@ def connect(options: ClusterOptions, num_threads: int | None = None) -> Iterator
         InvalidInputError: If ``scheduler`` is neither an address nor an existing scheduler file.
     """
     distributed = _import_distributed()
+    import dask
+
     if options.workers is not None:
         threads = num_threads or max(1, physical_core_count() // options.workers)
         try:
-            cluster = distributed.LocalCluster(
-                n_workers=options.workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                silence_logs=logging.ERROR, host="127.0.0.1",
-            )  # fmt: skip
+            with dask.config.set({_PRE_SPAWN_ENVIRON: _worker_environ(dask.config.get(_PRE_SPAWN_ENVIRON, {}))}):
+                cluster = distributed.LocalCluster(
+                    n_workers=options.workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                    silence_logs=logging.ERROR, host="127.0.0.1",
+                )  # fmt: skip
         except Exception as exc:  # distributed raises many kinds (OSError, TimeoutError, RuntimeError)
             raise DistributedRunError(
                 f"Could not start a local Dask cluster of {options.workers} workers: {exc}."
