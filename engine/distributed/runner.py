@@ -160,6 +160,8 @@ def _import_distributed() -> Any:
     return distributed
 
 
+#: Preload module of the local cluster's workers (they leave Ctrl-C to the client).
+_WORKER_SETUP = f"{__package__}.worker_setup"
 #: Dask's setting for the environment of the worker processes a nanny starts.
 _PRE_SPAWN_ENVIRON = "distributed.nanny.pre-spawn-environ"
 
@@ -196,7 +198,7 @@ def connect(options: ClusterOptions, num_threads: int | None = None) -> Iterator
             with dask.config.set({_PRE_SPAWN_ENVIRON: _worker_environ(dask.config.get(_PRE_SPAWN_ENVIRON, {}))}):
                 cluster = distributed.LocalCluster(
                     n_workers=options.workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                    silence_logs=logging.ERROR, host="127.0.0.1",
+                    silence_logs=logging.ERROR, host="127.0.0.1", preload=[_WORKER_SETUP],
                 )  # fmt: skip
         except Exception as exc:  # distributed raises many kinds (OSError, TimeoutError, RuntimeError)
             raise DistributedRunError(

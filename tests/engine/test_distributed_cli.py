@@ -67,9 +67,13 @@ def test_bad_cluster_options_exit_2_with_one_line(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize(
+    ("signum", "to_group"),
+    [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGINT, True)],
+    ids=["sigterm", "sigint", "ctrl-c-to-the-process-group"],
+)
 def test_a_signal_cancels_the_cluster_and_leaves_no_output_and_no_parts(
-    tmp_path: Path, tiny_onnx: Path, signum: int
+    tmp_path: Path, tiny_onnx: Path, signum: int, to_group: bool
 ) -> None:
     source = write_raster(tmp_path / "in.tif", make_image(1536, 1536, seed=8))
     out = tmp_path / "c.tif"
@@ -77,7 +81,9 @@ def test_a_signal_cancels_the_cluster_and_leaves_no_output_and_no_parts(
             "--model", str(tiny_onnx), "--tile-size", "32", "--overlap", "8", "--batch-size", "1", "--tta", "d4",
             "--workers", "2", "--super-tile", "256", "-q"]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
-    process = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT)
+    process = subprocess.Popen(
+        argv, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT, start_new_session=to_group
+    )
     deadline = time.monotonic() + 120
     parts: list[Path] = []
     while not parts and time.monotonic() < deadline and process.poll() is None:
@@ -88,7 +94,10 @@ def test_a_signal_cancels_the_cluster_and_leaves_no_output_and_no_parts(
         time.sleep(0.05)
     workers = psutil.Process(process.pid).children(recursive=True)
     assert len(workers) >= 2  # the local cluster's worker processes
-    process.send_signal(signum)
+    if to_group:  # a terminal's Ctrl-C reaches the workers too: they must leave it to the client, quietly
+        os.killpg(process.pid, signum)
+    else:
+        process.send_signal(signum)
     stderr = process.communicate(timeout=120)[1]
     assert process.returncode == EXIT_INTERRUPTED, stderr
     assert "Traceback" not in stderr
