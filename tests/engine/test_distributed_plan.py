@@ -76,3 +76,17 @@ def test_engine_and_the_task_side_import_without_dask() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "pip install 'bicorseg-qgis[distributed]'" in done.stdout
+
+
+def test_a_worker_with_another_engine_version_refuses_the_task(tmp_path: Path) -> None:
+    from engine.distributed.worker import SuperTileJob, run_super_tile
+    from engine.errors import DistributedRunError
+    from engine.inference.request import SegmentationRequest
+
+    job = SuperTileJob(
+        index=0, window=(0, 0, 256, 256), request=SegmentationRequest(tmp_path / "in.tif", tmp_path / "c.tif"),
+        model=ModelRef(path="m.onnx", sha256="0" * 64), spec=TilingSpec(32, 8), batch_size=1,
+        parts_dir=str(tmp_path), run_id="r", engine_version="0.0.0-other",
+    )  # fmt: skip
+    with pytest.raises(DistributedRunError, match="install the same version"):
+        run_super_tile(job)
