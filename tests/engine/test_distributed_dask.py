@@ -85,6 +85,20 @@ def read(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
         return ds.read(), meta
 
 
+class RecordingProgress:
+    def __init__(self) -> None:
+        self.fractions: list[float] = []
+
+    def set_progress(self, fraction: float) -> None:
+        self.fractions.append(fraction)
+
+    def is_canceled(self) -> bool:
+        return False
+
+    def log(self, message: str) -> None:
+        pass
+
+
 def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
@@ -97,10 +111,13 @@ def test_two_workers_give_the_single_process_result(
     assert border_in_blend_region(256, 600) and border_in_blend_region(512, 700)  # borders cross blend regions
     loads_before = client.run(session_loads)
     single = segment_raster(request(tmp_path, source, tiny_onnx, "single"))
+    progress = RecordingProgress()
     run = segment_distributed(
         request(tmp_path, source, tiny_onnx, "dask"), ClusterOptions(scheduler="unused://", super_tile_px=256),
-        client=client,
+        progress=progress, client=client,
     )  # fmt: skip
+    assert progress.fractions == sorted(progress.fractions) and progress.fractions[-1] == 1.0
+    assert any(0 < f < 0.9 for f in progress.fractions)  # aggregated from the workers while they ran
 
     classes_1, meta_1 = read(tmp_path / "single.tif")
     classes_2, meta_2 = read(tmp_path / "dask.tif")
