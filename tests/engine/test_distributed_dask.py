@@ -259,3 +259,27 @@ def test_a_raster_without_valid_pixels_fails_and_leaves_nothing(
             client=client,
         )  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+
+
+def test_a_scheduler_file_is_accepted_and_an_unreachable_scheduler_is_one_line(
+    tmp_path: Path, tiny_onnx: Path, cluster: tuple[LocalCluster, Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster_, _ = cluster
+    source = write_raster(tmp_path / "in.tif", make_image(64, 300, seed=3))
+    scheduler_file = tmp_path / "scheduler.json"  # what `dask scheduler --scheduler-file` writes
+    scheduler_file.write_text(json.dumps({"type": "Scheduler", "address": cluster_.scheduler_address}))
+    common = ["segment", str(source), "--model", str(tiny_onnx), "--super-tile", "256", "-q"]
+    err = io.StringIO()
+    assert main([*common, "-o", str(tmp_path / "c.tif"), "--scheduler", str(scheduler_file)], stderr=err) == 0, (
+        err.getvalue()
+    )
+    assert (tmp_path / "c.tif").is_file()
+
+    import engine.distributed.runner
+
+    monkeypatch.setattr(engine.distributed.runner, "_CONNECT_TIMEOUT_S", 2)
+    err = io.StringIO()
+    code = main([*common, "-o", str(tmp_path / "d.tif"), "--scheduler", "tcp://127.0.0.1:9"], stderr=err)
+    assert code == EXIT_BAD_INPUT
+    assert err.getvalue().startswith("error: Cannot reach the Dask scheduler at 'tcp://127.0.0.1:9'")
+    assert err.getvalue().count("\n") == 1 and not (tmp_path / "d.tif").exists()
