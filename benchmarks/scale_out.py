@@ -113,7 +113,7 @@ def main() -> None:
         clusters: dict[str, tuple[Any, float]] = {}
         clusters["dask_2_workers_x_1_thread"] = start_cluster(stack, 2)
         clusters["dask_1_worker_x_2_threads"] = start_cluster(stack, 1)
-        options = ClusterOptions(scheduler="given-client", super_tile_px=args.super_tile)
+        options = ClusterOptions(super_tile_px=args.super_tile)
         seconds: dict[str, list[float]] = {name: [] for name in CONFIGS}
         cpu: dict[str, list[float]] = {name: [] for name in CONFIGS}
         details: dict[str, dict[str, Any]] = {}

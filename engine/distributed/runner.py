@@ -72,7 +72,8 @@ class ClusterOptions:
     Attributes:
         workers: Start a local Dask cluster (``LocalCluster``) of this many worker processes, one task at a time
             each; or None to use ``scheduler``.
-        scheduler: An existing cluster: ``tcp://HOST:PORT`` or the path of a scheduler file.
+        scheduler: An existing cluster: ``tcp://HOST:PORT`` or the path of a scheduler file. Leave both None
+            only when handing :func:`segment_distributed` a connected client.
         super_tile_px: Edge of a super-tile, a multiple of the output block size (256 px).
         upload_model: Send the model file to every worker once instead of reading it from a shared path.
     """
@@ -83,8 +84,8 @@ class ClusterOptions:
     upload_model: bool = False
 
     def __post_init__(self) -> None:
-        """Check that exactly one of ``workers`` / ``scheduler`` is given."""
-        if (self.workers is None) == (self.scheduler is None):
+        """Check that at most one of ``workers`` / ``scheduler`` is given."""
+        if self.workers is not None and self.scheduler is not None:
             raise InvalidInputError("Give either --workers N (a local cluster) or --scheduler ADDRESS, not both.")
         if self.workers is not None and (isinstance(self.workers, bool) or self.workers < 1):
             raise InvalidInputError(f"--workers must be at least 1, got {self.workers!r}.")
@@ -195,10 +196,12 @@ def connect(options: ClusterOptions, num_threads: int | None = None) -> Iterator
     if options.workers is not None:
         threads = num_threads or max(1, physical_core_count() // options.workers)
         try:
+            # Workers log nothing below CRITICAL: a failed or canceled task reaches the user once, as the run's
+            # one-line error, not also as the worker's "Compute Failed" traceback on the same terminal.
             with dask.config.set({_PRE_SPAWN_ENVIRON: _worker_environ(dask.config.get(_PRE_SPAWN_ENVIRON, {}))}):
                 cluster = distributed.LocalCluster(
                     n_workers=options.workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                    silence_logs=logging.ERROR, host="127.0.0.1", preload=[_WORKER_SETUP],
+                    silence_logs=logging.CRITICAL, host="127.0.0.1", preload=[_WORKER_SETUP],
                 )  # fmt: skip
         except Exception as exc:  # distributed raises many kinds (OSError, TimeoutError, RuntimeError)
             raise DistributedRunError(
@@ -210,6 +213,8 @@ def connect(options: ClusterOptions, num_threads: int | None = None) -> Iterator
         finally:
             cluster.close()
         return
+    if options.scheduler is None:
+        raise InvalidInputError("Give --workers N (a local cluster) or --scheduler ADDRESS (an existing one).")
     address = str(options.scheduler)
     kwargs: dict[str, Any] = {"timeout": f"{_CONNECT_TIMEOUT_S}s", "set_as_default": False}
     if "://" in address:

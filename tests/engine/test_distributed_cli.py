@@ -105,3 +105,24 @@ def test_a_signal_cancels_the_cluster_and_leaves_no_output_and_no_parts(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]  # no output, no parts, no temp files
     _, alive = psutil.wait_procs(workers, timeout=30)
     assert alive == []  # the cluster went down with the run
+
+
+def test_bad_data_with_a_local_cluster_is_one_line_without_a_worker_traceback(tmp_path: Path, tiny_onnx: Path) -> None:
+    source = tmp_path / "corrupt.tif"
+    with rasterio.open(
+        source, "w", driver="GTiff", width=768, height=768, count=3, dtype="uint8", tiled=True, blockxsize=256,
+        blockysize=256, compress="deflate", crs="EPSG:32640", transform=rasterio.transform.from_origin(5e5, 28e5, 1, 1),
+    ) as ds:  # fmt: skip
+        ds.write(make_image(768, 768, seed=2))
+    size = source.stat().st_size
+    with source.open("r+b") as f:  # readable header, broken blocks further down
+        f.seek(size // 2)
+        f.write(b"\0" * (size - size // 2 - 4096))
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
+    argv = [sys.executable, "-m", "engine", "segment", str(source), "-o", str(tmp_path / "c.tif"), "--model",
+            str(tiny_onnx), "--workers", "2", "--super-tile", "256", "-q"]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=120, check=False)
+    assert done.returncode == EXIT_BAD_INPUT, done.stderr
+    assert "Traceback" not in done.stderr and "Compute Failed" not in done.stderr
+    assert done.stderr.splitlines()[-1].startswith("error: Reading")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.tif"]

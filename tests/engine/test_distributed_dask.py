@@ -113,7 +113,7 @@ def test_two_workers_give_the_single_process_result(
     single = segment_raster(request(tmp_path, source, tiny_onnx, "single"))
     progress = RecordingProgress()
     run = segment_distributed(
-        request(tmp_path, source, tiny_onnx, "dask"), ClusterOptions(scheduler="unused://", super_tile_px=256),
+        request(tmp_path, source, tiny_onnx, "dask"), ClusterOptions(super_tile_px=256),
         progress=progress, client=client,
     )  # fmt: skip
     assert progress.fractions == sorted(progress.fractions) and progress.fractions[-1] == 1.0
@@ -231,7 +231,7 @@ def test_a_worker_killed_mid_run_changes_nothing(tmp_path: Path, tiny_onnx: Path
     cluster, client = start_cluster()
     try:
         source = write_input(tmp_path, 1024, 1024)
-        options = ClusterOptions(scheduler="unused://", super_tile_px=SUPER_TILE_PX)
+        options = ClusterOptions(super_tile_px=SUPER_TILE_PX)
         calm = segment_distributed(request(tmp_path, source, tiny_onnx, "calm"), options, client=client)
         killer = KillAWorkerOnce(client)
         hit = segment_distributed(request(tmp_path, source, tiny_onnx, "hit"), options, progress=killer, client=client)
@@ -255,7 +255,7 @@ def test_a_raster_without_valid_pixels_fails_and_leaves_nothing(
     source = write_raster(tmp_path / "in.tif", np.zeros((3, 300, 300), np.uint8), nodata=0)
     with pytest.raises(InvalidRasterError, match="no valid pixels"):
         segment_distributed(
-            request(tmp_path, source, tiny_onnx, "c"), ClusterOptions(scheduler="unused://", super_tile_px=256),
+            request(tmp_path, source, tiny_onnx, "c"), ClusterOptions(super_tile_px=256),
             client=client,
         )  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
