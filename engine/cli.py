@@ -28,7 +28,7 @@ from typing import Any, NoReturn, TextIO
 from rasterio.errors import NotGeoreferencedWarning
 
 from . import __version__
-from .errors import BiCoRSegError, CanceledError, OutOfMemoryError
+from .errors import BiCoRSegError, CanceledError, InvalidInputError, OutOfMemoryError
 from .inference.stitching import stitching_names
 from .inference.tta import TTA_MODES
 from .option_names import for_command_line
@@ -166,6 +166,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     segment.add_argument("--cog", action="store_true", help="write Cloud Optimized GeoTIFFs")
     segment.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads for the backend")
+    cluster = segment.add_mutually_exclusive_group()
+    cluster.add_argument(
+        "--workers", type=_positive_int, metavar="N", help="run on a local Dask cluster of N worker processes"
+    )
+    cluster.add_argument(
+        "--scheduler", metavar="ADDRESS", help="run on an existing Dask cluster: tcp://HOST:PORT or a scheduler file"
+    )
+    segment.add_argument(
+        "--super-tile", type=_positive_int, metavar="N", help="super-tile edge of a Dask run, a multiple of 256 px"
+    )
+    segment.add_argument(
+        "--upload-model", action="store_true", help="send the model file to each Dask worker (no shared path)"
+    )
     segment.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
     segment.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     segment.add_argument("-v", "--verbose", action="store_true", help="log details (and GDAL's own messages)")
@@ -352,8 +365,14 @@ def _segment(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         vector_path=args.vector,
         min_area_m2=args.min_area,
     )
+    distributed: dict[str, Any] | None = None
     with TqdmProgress(description=args.input.name, stream=err, disable=args.quiet) as progress:
-        result = segment_raster(request, progress=progress)
+        if args.workers is None and args.scheduler is None:
+            if args.super_tile is not None or args.upload_model:
+                raise InvalidInputError("--super-tile and --upload-model need --workers N or --scheduler ADDRESS.")
+            result = segment_raster(request, progress=progress)
+        else:
+            result, distributed = _segment_on_dask(args, request, progress)
     summary = {
         "output": str(result.output_path),
         "heatmaps": None if result.heatmaps_path is None else str(result.heatmaps_path),
@@ -371,12 +390,46 @@ def _segment(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         "class_pixel_counts": dict(zip(result.card.class_names, result.class_pixel_counts, strict=True)),
         "elapsed_s": round(result.elapsed_s, 3),
     }
+    if distributed is not None:
+        summary["distributed"] = distributed
     if args.json:
         out.write(json.dumps(summary, indent=2) + "\n")
     extras = [p for p in (result.heatmaps_path, result.hbis_heatmaps_path, result.vector_path) if p is not None]
     written = ", ".join(str(p) for p in (result.output_path, *extras))
     err.write(f"wrote {written}: {result.valid_pixel_count} classified pixels in {result.elapsed_s:.1f} s\n")
     return EXIT_OK
+
+
+def _segment_on_dask(args: argparse.Namespace, request: Any, progress: Any) -> tuple[Any, dict[str, Any]]:
+    """Run ``request`` on Dask; the result and the ``distributed`` part of the JSON summary."""
+    from .distributed import DEFAULT_SUPER_TILE_PX, ClusterOptions, segment_distributed
+
+    options = ClusterOptions(
+        workers=args.workers,
+        scheduler=args.scheduler,
+        super_tile_px=args.super_tile or DEFAULT_SUPER_TILE_PX,
+        upload_model=args.upload_model,
+    )
+    run = segment_distributed(request, options, progress=progress)
+    return run.result, {
+        "super_tile_px": run.super_tile_px,
+        "super_tiles": run.super_tiles,
+        "tiles_computed": run.tiles_computed,
+        "redundant_tile_share": round(run.redundant_tile_share, 4),
+        "compute_s": round(run.compute_s, 3),
+        "assemble_s": round(run.assemble_s, 3),
+        "workers": [
+            {
+                "worker": w.worker,
+                "tasks": w.tasks,
+                "tiles": w.tiles,
+                "tiles_run": w.tiles_run,
+                "valid_pixels": w.valid_pixel_count,
+                "seconds": w.seconds,
+            }
+            for w in run.workers
+        ],
+    }
 
 
 def _info(args: argparse.Namespace, out: TextIO) -> int:

@@ -36,6 +36,10 @@ class BackendUnavailableError(BiCoRSegError, ImportError):
     """A backend library (torch, onnxruntime) or device (CUDA) is not usable."""
 
 
+class DistributedRunError(BiCoRSegError):
+    """A distributed run failed on its cluster (workers lost, a task failed for a reason that is not bad input)."""
+
+
 class CanceledError(BiCoRSegError):
     """The user canceled the run; no output was left behind."""
 

@@ -37,7 +37,7 @@ if [ ! -f "$stamp" ] || ! cmp -s requirements/dev.txt "$stamp"; then
 fi
 
 .venv/bin/python - <<'PY'
-import numpy, rasterio, onnxruntime, torch, qgis.core  # noqa: F401 -- fail set-up loudly if anything is missing
+import numpy, rasterio, onnxruntime, torch, dask, distributed, qgis.core  # noqa: F401 -- fail set-up loudly if anything is missing
 print(f"[setup] ok: numpy {numpy.__version__}, rasterio {rasterio.__version__}, "
       f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__}, QGIS {qgis.core.Qgis.QGIS_VERSION}")
 PY

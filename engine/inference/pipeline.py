@@ -40,7 +40,7 @@ from ..raster.write_behind import RowWriter, WriteBehind
 from ..raster.writer import SegmentationWriter
 from .request import SegmentationRequest, SegmentationResult, check_output_paths, clamp_tiling, resolve_tiling
 from .stitching import StripAccumulator
-from .tiling import TilingSpec, iter_tile_rows, tile_count
+from .tiling import TilingSpec, iter_tile_rows, tile_count, tiles_touching
 from .tta import TTA_MODES, Predictor, make_predictor
 
 __all__ = [
@@ -93,7 +93,7 @@ class StitchStats:
     """Counts gathered while stitching, on the processing grid.
 
     Attributes:
-        tile_count: Tiles in the grid.
+        tile_count: Tiles in the grid (overlapping the region, when one was given).
         tiles_run: Tiles that went through the model (the others were entirely invalid).
         valid_pixel_count: Pixels with a class.
         strip_bytes: Memory held by the stitching strip.
@@ -115,6 +115,7 @@ def stitch_raster(
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: ProgressReporter | None = None,
     extra_channels: int = 0,
+    region: Window | None = None,
 ) -> StitchStats:
     """Tile ``source``, run ``predict`` on batches of tiles, blend and stream finished rows to ``writer``.
 
@@ -130,21 +131,29 @@ def stitch_raster(
         progress: Gets a monotonic fraction in [0, 0.98] and is asked about cancellation between batches.
         extra_channels: E, channels after the class probabilities (BiCoR-Seg's HBIS heatmaps) that are blended
             with the same weights in the same strip and handed to the writer beside them.
+        region: Produce only this window of the raster (a super-tile of a distributed run): only the global
+            grid's tiles that overlap it are read and run, blended with the global grid's weights, so its pixels
+            get exactly the values of the whole-raster run. ``writer`` then receives the window's rows and
+            columns, ``row_off`` counted from the window's top.
 
     Raises:
         CanceledError: If ``progress`` reports a cancel (the caller aborts the writer).
     """
     reporter = progress if progress is not None else NullProgress()
     height, width = source.height, source.width
-    stats = StitchStats(tile_count=tile_count(height, width, spec))
-    accumulator = StripAccumulator(num_classes + extra_channels, height, width, spec, stitching)
+    if region is None:
+        stats = StitchStats(tile_count=tile_count(height, width, spec))
+    else:
+        stats = StitchStats(tile_count=tiles_touching(height, width, spec, region))
+    accumulator = StripAccumulator(num_classes + extra_channels, height, width, spec, stitching, region=region)
     stats.strip_bytes = accumulator.nbytes
+    first_row = 0 if region is None else int(region.row_off)
 
     def sink(row_off: int, probs: NDArray[np.float32], valid: NDArray[np.bool_]) -> None:
         if extra_channels:
-            writer.write_rows(row_off, probs[:num_classes], valid, extra=probs[num_classes:])
+            writer.write_rows(row_off - first_row, probs[:num_classes], valid, extra=probs[num_classes:])
         else:
-            writer.write_rows(row_off, probs, valid)
+            writer.write_rows(row_off - first_row, probs, valid)
         stats.valid_pixel_count += int(np.count_nonzero(valid))
 
     tiles_seen = 0
@@ -157,7 +166,7 @@ def stitch_raster(
         stats.tiles_run += len(batch)
         reporter.set_progress(_TILES_SHARE * tiles_seen / stats.tile_count)
 
-    for row in iter_tile_rows(height, width, spec):
+    for row in iter_tile_rows(height, width, spec, region=region):
         pending: list[tuple[Window, NDArray[np.float32], NDArray[np.bool_]]] = []
         for window in row:
             tile, valid = source.read_tile(window)

@@ -16,7 +16,10 @@ Strategies, chosen by name from :data:`STITCHING_STRATEGIES`:
   pixel comes from exactly one tile (cheapest, deterministic, may show seams with too small an overlap).
 
 :class:`StripAccumulator` holds only one tile row's worth of rows (``K x tile x width`` float32), hands
-finished rows to a sink and reuses its memory, so memory never depends on the raster's height.
+finished rows to a sink and reuses its memory, so memory never depends on the raster's height. Given a *region*
+(a super-tile of a distributed run) it accumulates only that window's columns and hands out only its rows, while
+the weights still come from the global grid: fed the global tiles that overlap the region, in the same order, it
+gives every pixel of the region exactly the value the whole-raster run gives it.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from numpy.typing import NDArray
 from rasterio.windows import Window
 
 from ..errors import InvalidInputError
-from .tiling import TilingSpec
+from .tiling import TilingSpec, axis_offsets
 
 __all__ = [
     "STITCHING_STRATEGIES",
@@ -140,11 +143,19 @@ class StripAccumulator:
 
     Feed it the tiles of one tile row with :meth:`add`, then call :meth:`finish_tile_row`: the rows that no
     later tile can touch are normalised and passed to a sink, and the overlap rows move to the top of the
-    buffer for the next tile row. Memory: ``(K + 1) x min(T, height) x width`` float32. A pixel is valid
-    when some tile saw it as valid (invalid pixels get zero weight).
+    buffer for the next tile row. Memory: ``(K + 1) x min(T, height) x width`` float32 (``width`` of the region
+    when one is given). A pixel is valid when some tile saw it as valid (invalid pixels get zero weight).
     """
 
-    def __init__(self, num_classes: int, height: int, width: int, spec: TilingSpec, strategy: str = "gaussian") -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        height: int,
+        width: int,
+        spec: TilingSpec,
+        strategy: str = "gaussian",
+        region: Window | None = None,
+    ) -> None:
         """Allocate the strip.
 
         Args:
@@ -153,6 +164,11 @@ class StripAccumulator:
             width: Raster width in pixels.
             spec: The tiling the tiles come from.
             strategy: A name from :data:`STITCHING_STRATEGIES`.
+            region: Accumulate only this window of the raster (feed it the global tiles that overlap it, from
+                ``iter_tile_rows(..., region=region)``); the whole raster if None.
+
+        Raises:
+            ValueError: If ``region`` is empty or not inside the raster (a caller bug).
         """
         _profile(strategy)  # fail early on a bad name
         self.num_classes = num_classes
@@ -160,10 +176,18 @@ class StripAccumulator:
         self.width = width
         self.spec = spec
         self.strategy = strategy
+        region = Window(0, 0, width, height) if region is None else region
+        self._row0, self._col0 = int(region.row_off), int(region.col_off)
+        self._row1, self._cols = self._row0 + int(region.height), int(region.width)
+        if self._row0 < 0 or self._col0 < 0 or self._row1 > height or self._col0 + self._cols > width:
+            raise ValueError(f"Region {region} is not inside the {width} x {height} raster.")
+        if self._row1 <= self._row0 or self._cols < 1:
+            raise ValueError(f"Region {region} is empty.")
         rows = min(spec.tile_size_px, height)
-        self._sum = np.zeros((num_classes, rows, width), dtype=np.float32)
-        self._weight = np.zeros((rows, width), dtype=np.float32)
-        self._top = 0  # raster row held in buffer row 0 (= origin of the current tile row)
+        self._sum = np.zeros((num_classes, rows, self._cols), dtype=np.float32)
+        self._weight = np.zeros((rows, self._cols), dtype=np.float32)
+        # Raster row held in buffer row 0 (= origin of the current tile row): the first tile row meeting the region.
+        self._top = next(o for o in axis_offsets(height, spec) if o + spec.tile_size_px > self._row0)
 
     @property
     def top_row(self) -> int:
@@ -188,37 +212,45 @@ class StripAccumulator:
         if row_off != self._top:
             raise ValueError(f"Tile at row {row_off} added while accumulating the tile row at {self._top}.")
         rows = min(self.spec.tile_size_px, self.height - row_off)
-        cols = min(self.spec.tile_size_px, self.width - col_off)
+        # The tile's columns inside the raster and the region, relative to the tile.
+        first = max(col_off, self._col0) - col_off
+        stop = min(col_off + self.spec.tile_size_px, self.width, self._col0 + self._cols) - col_off
+        if stop <= first:
+            return  # the tile does not reach the region's columns
         # Invalid pixels get no weight: they add nothing, and a pixel no tile saw as valid stays at weight 0.
-        weights = tile_weights(self.strategy, self.spec, window, self.height, self.width)[:rows, :cols]
-        weights = weights * valid[:rows, :cols]
-        target = np.s_[:rows, col_off : col_off + cols]
-        self._sum[(slice(None), *target)] += probs[:, :rows, :cols] * weights
+        weights = tile_weights(self.strategy, self.spec, window, self.height, self.width)[:rows, first:stop]
+        weights = weights * valid[:rows, first:stop]
+        target = np.s_[:rows, col_off + first - self._col0 : col_off + stop - self._col0]
+        self._sum[(slice(None), *target)] += probs[:, :rows, first:stop] * weights
         self._weight[target] += weights
 
     def finish_tile_row(self, sink: RowSink, max_rows: int = 256) -> int:
         """Hand the rows finished by the current tile row to ``sink`` and move on to the next tile row.
 
         The arrays given to ``sink`` are views into the buffer, valid only during the call; invalid pixels
-        and pixels no tile weighted get probability 0 and ``valid`` False.
+        and pixels no tile weighted get probability 0 and ``valid`` False. With a region, only its rows and
+        columns are handed out (``row_off`` stays a raster row; ``width`` is the region's).
 
         Args:
             sink: Called with ``(row_off, probs (K, rows, width), valid (rows, width))`` in row order.
             max_rows: Largest number of rows per call (bounds the sink's temporary memory).
 
         Returns:
-            The number of rows handed out.
+            The number of rows the tile row finished (handed out where inside the region).
         """
         rows_in_use = min(self.spec.tile_size_px, self.height - self._top)
         is_last = self._top + self.spec.tile_size_px >= self.height
         done = rows_in_use if is_last else self.spec.stride_px
-        weight = self._weight[:done]
-        valid = weight > 0
-        # Pixels with no weight have a zero sum too, so dividing by a tiny floor leaves them at 0.
-        self._sum[:, :done] /= np.maximum(weight, np.float32(1e-30))
-        for start in range(0, done, max_rows):
-            stop = min(start + max_rows, done)
-            sink(self._top + start, self._sum[:, start:stop], valid[start:stop])
+        first = max(self._top, self._row0) - self._top
+        last = min(self._top + done, self._row1) - self._top
+        if last > first:
+            weight = self._weight[first:last]
+            valid = weight > 0
+            # Pixels with no weight have a zero sum too, so dividing by a tiny floor leaves them at 0.
+            self._sum[:, first:last] /= np.maximum(weight, np.float32(1e-30))
+            for start in range(first, last, max_rows):
+                stop = min(start + max_rows, last)
+                sink(self._top + start, self._sum[:, start:stop], valid[start - first : stop - first])
         carried = rows_in_use - done
         for plane in (self._sum, self._weight):
             plane[..., :carried, :] = plane[..., done : done + carried, :]

@@ -30,6 +30,7 @@ __all__ = [
     "iter_tile_windows",
     "tile_count",
     "tile_grid_shape",
+    "tiles_touching",
     "window_offsets",
 ]
 
@@ -110,14 +111,37 @@ def tile_count(height: int, width: int, spec: TilingSpec) -> int:
     return rows * cols
 
 
-def iter_tile_rows(height: int, width: int, spec: TilingSpec) -> Iterator[list[Window]]:
+def iter_tile_rows(height: int, width: int, spec: TilingSpec, region: Window | None = None) -> Iterator[list[Window]]:
     """Yield the tile windows one tile row at a time, top to bottom, each row left to right.
 
     Every window is ``tile_size_px`` square; windows may extend past the right/bottom edge (read boundless).
+
+    Args:
+        height: Raster rows.
+        width: Raster columns.
+        spec: The tiling.
+        region: Yield only the tiles of the raster's global grid that overlap this window (a super-tile of a
+            distributed run); the whole grid if None.
     """
+    row_offsets = axis_offsets(height, spec)
     col_offsets = axis_offsets(width, spec)
-    for row_off in axis_offsets(height, spec):
+    if region is not None:
+        row_offsets = _touching(row_offsets, int(region.row_off), int(region.height), spec)
+        col_offsets = _touching(col_offsets, int(region.col_off), int(region.width), spec)
+    for row_off in row_offsets:
         yield [Window(col_off, row_off, spec.tile_size_px, spec.tile_size_px) for col_off in col_offsets]
+
+
+def _touching(offsets: list[int], start: int, length: int, spec: TilingSpec) -> list[int]:
+    """The tile origins whose ``[o, o + T)`` meets ``[start, start + length)``."""
+    return [o for o in offsets if o < start + length and o + spec.tile_size_px > start]
+
+
+def tiles_touching(height: int, width: int, spec: TilingSpec, region: Window) -> int:
+    """Number of tiles of the global grid that overlap ``region`` (see :func:`iter_tile_rows`)."""
+    rows = _touching(axis_offsets(height, spec), int(region.row_off), int(region.height), spec)
+    cols = _touching(axis_offsets(width, spec), int(region.col_off), int(region.width), spec)
+    return len(rows) * len(cols)
 
 
 def iter_tile_windows(height: int, width: int, spec: TilingSpec) -> Iterator[Window]:

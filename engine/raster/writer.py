@@ -105,6 +105,7 @@ class SegmentationWriter:
         hbis_path: Path | None = None,
         hbis_tags: Mapping[str, str] | None = None,
         vector: VectorOutput | None = None,
+        require_valid_pixels: bool = True,
     ) -> None:
         """Check the output paths and create the temp files.
 
@@ -118,6 +119,8 @@ class SegmentationWriter:
             hbis_path: HBIS heatmaps destination (GeoTIFF), or None; :meth:`write_rows` then needs ``extra``.
             hbis_tags: Further tags of the HBIS heatmaps (layer, normalisation).
             vector: Class polygons to derive from the finished class raster, or None.
+            require_valid_pixels: Fail the commit when no input pixel got a class (False for the parts of a
+                distributed run, where a super-tile may lie entirely in nodata).
 
         Raises:
             OutputPathError: If an output path cannot be written; raised before any work is done.
@@ -126,6 +129,7 @@ class SegmentationWriter:
         self.heatmaps_path = None if heatmaps_path is None else Path(heatmaps_path)
         self.hbis_path = None if hbis_path is None else Path(hbis_path)
         self.vector = vector
+        self._require_valid_pixels = require_valid_pixels
         self.vector_stats: VectorStats | None = None
         self._hbis_tags = {str(k): str(v) for k, v in (hbis_tags or {}).items()}
         self.class_pixel_counts: tuple[int, ...] = (0,) * card.num_classes
@@ -235,6 +239,44 @@ class SegmentationWriter:
             raise write_failure(self.output_path, exc) from exc
         self._next_row = row_off + rows
 
+    def write_encoded_rows(self, row_off: int, classes: NDArray[np.uint8], heatmaps: NDArray[np.uint16] | None) -> None:
+        """Write finished rows that another writer already encoded (the parts of a distributed run).
+
+        The values are taken as they are: ``classes`` as written by :meth:`write_rows` (class index, or
+        :data:`~engine.model_card.NODATA_CLASS`), ``heatmaps`` as quantised by it; so the assembled outputs hold
+        exactly the bytes a single writer would have written.
+
+        Args:
+            row_off: First row on the processing grid; rows must arrive in order without gaps.
+            classes: (rows, source.width) uint8.
+            heatmaps: (K, rows, source.width) uint16, required when this writer writes heatmaps.
+
+        Raises:
+            ValueError: If rows arrive out of order or the shapes do not match the grid (a caller bug).
+            OutputPathError: If writing fails (disk full).
+        """
+        if self._finished:
+            raise ValueError("write_encoded_rows() after commit() or abort(); create a new SegmentationWriter.")
+        rows, width = classes.shape
+        if row_off != self._next_row or width != self._source.width or row_off + rows > self._source.height:
+            raise ValueError(
+                f"write_encoded_rows(row_off={row_off}, classes {classes.shape}) does not continue the grid: "
+                f"expected row {self._next_row} and width {self._source.width}."
+            )
+        if self.heatmaps_path is not None and (
+            heatmaps is None or heatmaps.shape != (self._card.num_classes, rows, width)
+        ):
+            raise ValueError(f"heatmaps must be ({self._card.num_classes}, {rows}, {width}) uint16.")
+        if self._processing is not None:  # the processing grid keeps probabilities, which parts do not carry
+            raise ValueError("write_encoded_rows() needs the outputs on the processing grid (no resampling back).")
+        try:
+            self._final.write(row_off, classes, heatmaps if self.heatmaps_path else None)
+        except OutputPathError:
+            raise
+        except (OSError, rasterio.errors.RasterioError) as exc:
+            raise write_failure(self.output_path, exc) from exc
+        self._next_row = row_off + rows
+
     def commit(self, progress: ProgressReporter | None = None) -> None:
         """Finish the outputs and move them into place.
 
@@ -274,7 +316,7 @@ class SegmentationWriter:
                 raise write_failure(self.output_path, exc) from exc
             self.class_pixel_counts = self._final.class_pixel_counts
             self.valid_pixel_count = sum(self.class_pixel_counts)
-            if self.valid_pixel_count == 0:  # counted on the input grid, after any resampling back
+            if self.valid_pixel_count == 0 and self._require_valid_pixels:  # on the input grid, after resampling
                 raise InvalidRasterError(
                     f"Input raster '{self._source.path}' contains no valid pixels (all nodata, masked or outside the "
                     "extent); check its nodata value, bands, EXTENT and MASK."
