@@ -29,7 +29,7 @@ from ..model_card import ModelCard
 from .bands import BandLayout, Normalizer, match_bands
 from .regions import RegionFilter
 
-__all__ = ["GSD_TOLERANCE", "RasterSource"]
+__all__ = ["GSD_TOLERANCE", "RasterSource", "raster_gsd_m"]
 
 logger = logging.getLogger(__name__)
 
@@ -344,3 +344,11 @@ def _warn_about_input(dataset: DatasetReader, card: ModelCard, band_indexes: tup
             "range anyway. Check the result, or rescale the raster to the model's range.",
             name, "/".join(sorted(dtypes)), card.input_dtype, card.input_value_range,
         )  # fmt: skip
+
+
+def raster_gsd_m(dataset: DatasetReader) -> float | None:
+    """A raster's pixel size in metres as the pipeline sees it (None without georeference or metric units).
+
+    The one GSD rule for every reader of input rasters (the pipeline, training chips and model cards).
+    """
+    return _gsd_m(dataset) if _is_georeferenced(dataset) else None
