@@ -2,9 +2,10 @@
 
 The scene is a Dubai tile the default model never trained on (tile 1, its test tile; tile 3, its validation tile,
 with ``--tiles 1 3``), laid out 3 x 3 from its nine parts at the default model's training resolution (half size,
-2 m nominal). Labels are the mask's class polygons of the top two rows of parts (``python -m training.finetune``
-holds a spatially separate 20 % of them out for validation and checkpoint choice); the bottom row of parts is the
-evaluation area, used by nothing but the scores here. For each time budget (``--minutes 5 10 20``) the default model
+2 m nominal). Labels are the mask's class polygons of the six off-diagonal parts (``python -m training.finetune``
+holds a spatially separate 20 % of them out for validation and checkpoint choice); the three diagonal parts are the
+evaluation area, used by nothing but the scores here (each part is a separate area of the tile; the diagonal spreads
+the evaluation over the tile's scenes, where a row or column of parts would hold classes the labels barely have). For each time budget (``--minutes 5 10 20``) the default model
 is fine-tuned (``training.finetune``, BASE_MODEL empty) and ``bicorseg_small`` is trained from scratch on the same
 chips; the runs go two at a time, one torch thread each, so both arms share the machine alike. Every model, and the
 base model, segments the evaluation area through the engine (``engine.segment_raster``, the plugin's path) and is
@@ -40,24 +41,25 @@ TARGET_MINUTES = 15.0
 logger = logging.getLogger("benchmarks.finetune")
 
 
-def _score(model: Path | None, raster: Path, window: Any, reference: np.ndarray, work: Path, threads: int) -> dict:
-    """Segment the evaluation window with ``model`` (None = default) through the engine and score it."""
+def _score(model: Path | None, raster: Path, windows: list[Any], scene: Any, work: Path, threads: int) -> dict:
+    """Segment the raster with ``model`` (None = default) through the engine and score the evaluation windows."""
     from engine import SegmentationRequest, segment_raster
     from engine.evaluation.metrics import SegmentationMetrics, confusion_matrix
 
-    with rasterio.open(raster) as src:
-        bounds = rasterio.windows.bounds(window, src.transform)
     output = work / f"seg_{(model.stem if model else 'base')}_{time.monotonic_ns()}.tif"
     request = SegmentationRequest(input_path=raster, output_path=output, model_path=model, device="cpu",
-                                  backend="onnxruntime", extent=bounds, num_threads=threads)  # fmt: skip
+                                  backend="onnxruntime", num_threads=threads)  # fmt: skip
     started = time.monotonic()
     segment_raster(request)
     seconds = time.monotonic() - started
+    cm = np.zeros((len(CLASS_NAMES), len(CLASS_NAMES)), dtype=np.int64)
     with rasterio.open(output) as src:
-        predicted = src.read(1, window=window)
+        for window in windows:
+            predicted = src.read(1, window=window)
+            reference = reference_window(scene, window)
+            valid = predicted != 255
+            cm += confusion_matrix(predicted[valid], reference[valid], len(CLASS_NAMES), ignore_index=255)
     output.unlink()
-    valid = predicted != 255
-    cm = confusion_matrix(predicted[valid], reference[valid], len(CLASS_NAMES), ignore_index=255)
     metrics = SegmentationMetrics.from_confusion(cm, CLASS_NAMES)
     return {"miou": round(metrics.miou, 4), "oa": round(metrics.oa, 4), "segment_seconds": round(seconds, 1),
             "iou": {n: round(v, 4) for n, v in zip(CLASS_NAMES, metrics.iou, strict=True)}}  # fmt: skip
@@ -120,20 +122,20 @@ def main(argv: list[str] | None = None) -> int:
         (scene_dir / "scene.tif").unlink(missing_ok=True)
         scene.raster.rename(scene_dir / "scene.tif")
         raster = scene_dir / "scene.tif"
-        labels = trace_polygons(scene, scene.part_window(0, 0, rows=2, cols=3))
+        parts = [(r, c) for r in range(3) for c in range(3)]
+        evaluation = [scene.part_window(r, c) for r, c in parts if r == c]
+        labels = [shape for r, c in parts if r != c for shape in trace_polygons(scene, scene.part_window(r, c))]
         write_polygons(scene_dir / "labels.gpkg", labels)
-        evaluation = scene.part_window(2, 0, rows=1, cols=3)
-        reference = reference_window(scene, evaluation)
         entry: dict[str, Any] = {
             "raster_px": list(scene.classes.shape[::-1]),
             "label_polygons": len(labels),
-            "labels": "top two rows of parts (6 of 9); 20 % held out automatically for validation",
-            "evaluation": "bottom row of parts (3 of 9), never trained or validated on",
-            "evaluation_labelled_px": int((reference != 255).sum()),
+            "labels": "the six off-diagonal parts of the 3 x 3 layout; 20 % held out automatically for validation",
+            "evaluation": "the three diagonal parts, never trained or validated on",
+            "evaluation_labelled_px": int(sum((reference_window(scene, w) != 255).sum() for w in evaluation)),
             "runs": [],
         }
         results["scenes"][f"tile{tile}"] = entry
-        entry["base"] = _score(None, raster, evaluation, reference, scene_dir, args.threads)
+        entry["base"] = _score(None, raster, evaluation, scene, scene_dir, args.threads)
         logger.info("tile %d base: %s", tile, entry["base"])
         save()
         jobs = [(kind, minutes) for minutes in args.minutes for kind in ("finetune", "scratch")]
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                        for kind, minutes in jobs]  # fmt: skip
             for kind, minutes, future in futures:
                 summary = future.result()
-                scored = _score(Path(summary["model_path"]), raster, evaluation, reference, scene_dir, args.threads)
+                scored = _score(Path(summary["model_path"]), raster, evaluation, scene, scene_dir, args.threads)
                 run = {"kind": kind, "minutes": minutes, "steps": summary["steps"],
                        "train_seconds": summary["train_seconds"], "wall_seconds": summary["wall_seconds"],
                        "val_miou": summary["val_miou"], "baseline_val_miou": summary["baseline_val_miou"],

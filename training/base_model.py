@@ -30,6 +30,11 @@ __all__ = ["BaseModel", "WeightTransfer", "open_base_model", "transfer_weights"]
 
 logger = logging.getLogger(__name__)
 
+#: Training-only weights that an ONNX graph does not carry, and the inference weight each one starts from instead of
+#: random values: BiCoR-Seg's auxiliary classifier maps the initial class embeddings exactly as its classifier maps the
+#: refined ones, and a random one would send random gradients through the shared upsampler and encoder.
+TRAINING_ONLY_TWINS: dict[str, str] = {"aux_classifier.weight": "classifier.weight"}
+
 
 @dataclass(frozen=True)
 class BaseModel:
@@ -41,6 +46,7 @@ class BaseModel:
         sha256: SHA-256 of the file (written into the fine-tuned model's card).
         state_dict: Its weights as a torch state dict on the CPU.
         note: How the weights were read (for the log).
+        untrained: Weights the file does not carry (training-only heads missing from an ONNX graph).
     """
 
     path: Path
@@ -48,16 +54,17 @@ class BaseModel:
     sha256: str
     state_dict: Mapping[str, Tensor]
     note: str
+    untrained: tuple[str, ...] = ()
 
 
-def open_base_model(model: str | Path | None) -> BaseModel:
+def open_base_model(model: str | Path | ModelFile | None) -> BaseModel:
     """Open BASE_MODEL (None or empty: the embedded default model) and read its torch weights.
 
     Raises:
         ModelLoadError: If the file is not a model this engine can build (external ONNX, int8, unknown layout);
             the message says what to give instead.
     """
-    model_file = ModelFile.open(model)
+    model_file = model if isinstance(model, ModelFile) else ModelFile.open(model)
     card = model_file.card
     if card.architecture == "external":
         raise InvalidInputError(
@@ -65,23 +72,26 @@ def open_base_model(model: str | Path | None) -> BaseModel:
             "which cannot be trained further here; choose a model made by this plugin, or train from scratch with "
             "ARCHITECTURE."
         )
+    untrained: tuple[str, ...] = ()
     if model_file.kind == "torch":
         module = model_from_checkpoint(model_file.checkpoint, card, model_file.path.name)
         note = f"torch checkpoint {model_file.path.name}"
     else:
         module, recovery = model_from_onnx(model_file.path, card)
+        untrained = recovery.not_in_graph
         note = (
             f"weights rebuilt from the ONNX graph of {model_file.path.name} ({len(recovery.recovered)} tensors, "
             f"logits within {recovery.max_abs_diff:.1e} of the file"
-            + (
-                f"; {', '.join(recovery.not_in_graph)} not in the graph, initialised fresh"
-                if recovery.not_in_graph
-                else ""
-            )
+            + (f"; {', '.join(recovery.not_in_graph)} not in the graph" if recovery.not_in_graph else "")
             + ")"
         )
     state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-    return BaseModel(model_file.path, card, model_file.sha256, state, note)
+    for key in untrained:
+        twin = TRAINING_ONLY_TWINS.get(key)
+        if twin in state and state[twin].shape == state[key].shape:
+            state[key] = state[twin].clone()
+            note += f"; {key} starts as a copy of {twin}"
+    return BaseModel(model_file.path, card, model_file.sha256, state, note, untrained)
 
 
 @dataclass(frozen=True)

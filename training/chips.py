@@ -48,6 +48,7 @@ from rasterio.windows import transform as window_transform
 
 from engine.errors import CanceledError, InvalidInputError, InvalidRasterError, OutputPathError
 from engine.inference.tiling import window_offsets
+from engine.model_card import NODATA_CLASS as IGNORE_INDEX
 from engine.progress import NullProgress, ProgressReporter
 from engine.raster.reader import raster_gsd_m
 from training.labels import (
@@ -62,7 +63,6 @@ from training.labels import (
     rasterize_mask,
     read_polygon_file,
 )
-from training.transforms import IGNORE_INDEX
 
 __all__ = [
     "DEFAULT_VALIDATION_SHARE",

@@ -40,6 +40,7 @@ from torch import nn
 from engine.errors import CanceledError, InvalidInputError, InvalidRasterError, OutputPathError
 from engine.export import export_checked
 from engine.model_card import ModelCard
+from engine.model_file import ModelFile
 from engine.progress import NullProgress, ProgressReporter
 from engine.raster.bands import BandLayout, match_bands
 from training.base_model import BaseModel, WeightTransfer, open_base_model, transfer_weights
@@ -50,7 +51,7 @@ from training.datasets.chips import ChipDataset
 from training.hooks import RunHooks
 from training.transforms import IGNORE_INDEX, Normalization
 
-__all__ = ["ARCHITECTURES", "FinetuneRequest", "FinetuneResult", "finetune", "main"]
+__all__ = ["ARCHITECTURES", "FinetuneRequest", "FinetuneResult", "main", "run_finetune"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ ARCHITECTURES: tuple[str, ...] = ("bicorseg_small", "hi_resnet_small", "bicorseg
 #: Optimizer steps between validations.
 STEPS_PER_VALIDATION = 25
 #: Peak learning rate: fine-tuning starts from trained weights, training from scratch does not.
-FINETUNE_LR = 3e-4
+FINETUNE_LR = 1e-4
 SCRATCH_LR = 1e-3
 #: Progress-bar shares: chips, then training, then export and report.
 _CHIPS_SHARE, _TRAIN_SHARE = 0.05, 0.9
@@ -209,7 +210,7 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None or not math.isfinite(float(value)) else f"{float(value):.3f}"
 
 
-def finetune(request: FinetuneRequest, progress: ProgressReporter | None = None) -> FinetuneResult:
+def run_finetune(request: FinetuneRequest, progress: ProgressReporter | None = None) -> FinetuneResult:
     """Run the fine-tune described by ``request`` (see the module docstring).
 
     Raises:
@@ -220,10 +221,11 @@ def finetune(request: FinetuneRequest, progress: ProgressReporter | None = None)
     progress = progress or NullProgress()
     output, report = Path(request.output_model), request.report_path
     _check_outputs(request.chips.raster, output, report)
-    base = None if request.architecture is not None else open_base_model(request.base_model)
+    base_file = None if request.architecture is not None else ModelFile.open(request.base_model)
+    bands, band_names, dtype = _bands_for(request.chips.raster, base_file)
+    base = None if base_file is None else open_base_model(base_file)
     if base is not None:
         progress.log(f"Base model: {base.card.name} ({base.path.name}, sha256 {base.sha256[:12]}...): {base.note}.")
-    bands, band_names, dtype = _bands_for(request.chips.raster, base)
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bicorseg-finetune-") as scratch_dir:
         scratch = Path(scratch_dir)
@@ -336,7 +338,7 @@ def _check_outputs(raster: Path, output: Path, report: Path) -> None:
         raise OutputPathError(f"OUTPUT_MODEL and REPORT are the same file '{output}'; choose two.")
 
 
-def _bands_for(raster: Path, base: BaseModel | None) -> tuple[tuple[int, ...] | None, tuple[str, ...] | None, str]:
+def _bands_for(raster: Path, base: ModelFile | None) -> tuple[tuple[int, ...] | None, tuple[str, ...] | None, str]:
     """Raster bands (1-based, in model order), their names, and the raster's data type."""
     raster = Path(raster)
     if not raster.is_file():
@@ -427,7 +429,8 @@ def _config(
         "value_range": list(normalization.value_range),
         "train_options": {"samples_per_epoch": steps * request.batch_size},
     }
-    family_loss = {"geoseg_compat": True} if architecture.startswith("bicorseg") else {}
+    # Losses average over labelled pixels (GeoSeg's means over all pixels would shrink with sparse labels).
+    family_loss = {"geoseg_compat": False} if architecture.startswith("bicorseg") else {}
     return config_from_dict(
         {
             "data": data,
@@ -575,6 +578,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tile-size", type=int, default=256, help="chip and tile edge in pixels (default 256)")
     parser.add_argument("--overlap", type=int, default=32, help="pixels shared by neighbouring chips (default 32)")
     parser.add_argument("--batch-size", type=int, default=4, help="chips per optimizer step (default 4)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help=f"peak learning rate (default {FINETUNE_LR:g} to fine-tune, {SCRATCH_LR:g} from scratch)")  # fmt: skip
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=42)
@@ -614,10 +619,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_steps=args.max_steps,
             device=args.device,
             batch_size=args.batch_size,
+            lr=args.lr,
             threads=args.threads,
             seed=args.seed,
         )
-        return finetune(request, _LogProgress()).summary()
+        return run_finetune(request, _LogProgress()).summary()
 
     return run_json_command(action)
 

@@ -33,7 +33,7 @@ from rasterio.crs import CRS
 from rasterio.errors import CRSError
 
 from engine.errors import InvalidInputError
-from training.transforms import IGNORE_INDEX
+from engine.model_card import NODATA_CLASS as IGNORE_INDEX
 
 __all__ = [
     "DEFAULT_BACKGROUND",

@@ -105,8 +105,9 @@ def write_report(
         f'<tr><td>{i}</td><td><span class="swatch" style="background:{c}"></span> {html.escape(n)}</td>'
         f'<td class="num">{t}</td><td class="num">{v}</td>'
         f"{_cell(_value(start, f'val_iou_{n}'))}{_cell(float(best.get(f'val_iou_{n}', math.nan)))}</tr>"
-        for i, (n, c, t, v) in enumerate(zip(names, card.class_colors, chips.train_class_px, chips.val_class_px,
-                                             strict=True))  # fmt: skip
+        for i, (n, c, t, v) in enumerate(
+            zip(names, card.class_colors, chips.train_class_px, chips.val_class_px, strict=True)
+        )
     )
     start_label = "base model" if base is not None else "untrained"
     summary = _table(

@@ -185,8 +185,9 @@ def _fit(config: TrainConfig, dist_ctx: Distributed, hooks: RunHooks) -> Path:
     def lr_for(step: int, elapsed_s: float) -> float:
         # With a time budget the cosine is squeezed into it: the position is whichever is further along,
         # the step count or the elapsed share of the budget, so the rate reaches its floor as time runs out.
+        # The warm-up always counts optimizer steps: a time position would skip it on a large total_steps.
         position = float(step)
-        if budget_s > 0:
+        if budget_s > 0 and step >= warmup_steps:
             position = max(position, total_steps * elapsed_s / budget_s)
         return learning_rate(position, total_steps, config.optim.lr, warmup_steps, config.schedule.min_lr)
 

@@ -7,9 +7,9 @@ norm's weight a reshaped ``onnx::Mul_910``), so names alone cannot put them back
 
 :func:`model_from_onnx` therefore exports the same architecture once more, in memory, with every weight filled with
 its own random values, and recognises each of those values in that reference export's initializers (as they are,
-reshaped, or transposed). Both exports come from the same code, so their graphs have the same initializers in the
-same order of first use; each initializer of the file is paired with its counterpart and copied back into the weight
-it came from, with the same reshape or transpose undone. Weights that the inference graph does not use (training-only
+reshaped, or transposed). Both exports come from the same code, so their graphs have the same nodes; each
+initializer of the file is paired with the reference's initializer at the same node input and copied back into the
+weight it came from, with the same reshape or transpose undone. Weights that the inference graph does not use (training-only
 heads, e.g. BiCoR-Seg's ``aux_classifier``) keep the architecture's initialisation and are reported.
 
 The result is then checked the way an export is (:func:`engine.export.check_onnx_parity`): the rebuilt torch model
@@ -182,27 +182,41 @@ def _identify(proto: Any, weights: Mapping[str, NDArray[Any]]) -> dict[str, tupl
     return origins
 
 
-def _initializers_in_use_order(proto: Any) -> list[Any]:
-    """The graph's initializers in the order nodes first consume them (stable under the exporter's renaming)."""
-    by_name = {init.name: init for init in proto.graph.initializer}
-    ordered: list[Any] = []
-    seen: set[str] = set()
-    for node in proto.graph.node:
-        for name in node.input:
-            if name in by_name and name not in seen:
-                seen.add(name)
-                ordered.append(by_name[name])
-    return ordered
-
-
 def _pair_initializers(reference: Any, file: Any) -> dict[str, str] | None:
-    """Reference initializer name -> the file's initializer in the same place, or None when the graphs differ."""
-    ours, theirs = _initializers_in_use_order(reference), _initializers_in_use_order(file)
+    """Reference initializer name -> the file's initializer at the same node input, or None when the graphs differ.
+
+    Pairs by node and input slot rather than by initializer: the exporter merges initializers with equal values
+    (freshly initialised norms are all ones), so a file can hold fewer initializers than the reference export, whose
+    weights are all distinct; the nodes are the same either way.
+    """
+    our_inits = {init.name: init for init in reference.graph.initializer}
+    their_inits = {init.name: init for init in file.graph.initializer}
+    ours, theirs = _nodes_with_inputs(reference.graph, our_inits), _nodes_with_inputs(file.graph, their_inits)
     if len(ours) != len(theirs):
         return None
     pairs: dict[str, str] = {}
-    for mine, other in zip(ours, theirs, strict=True):
-        if tuple(mine.dims) != tuple(other.dims) or mine.data_type != other.data_type:
+    for (my_op, my_inputs), (other_op, other_inputs) in zip(ours, theirs, strict=True):
+        if my_op != other_op or len(my_inputs) != len(other_inputs):
             return None
-        pairs[mine.name] = other.name
+        for a, b in zip(my_inputs, other_inputs, strict=True):
+            if (a in our_inits) != (b in their_inits):
+                return None
+            if a not in our_inits:
+                continue
+            ref_init, file_init = our_inits[a], their_inits[b]
+            if tuple(ref_init.dims) != tuple(file_init.dims) or ref_init.data_type != file_init.data_type:
+                return None
+            if pairs.setdefault(a, b) != b:
+                return None
     return pairs
+
+
+def _nodes_with_inputs(graph: Any, initializers: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
+    """(op type, inputs) of every node, with ``Identity`` nodes of initializers resolved to the initializer."""
+    alias = {node.output[0]: node.input[0] for node in graph.node
+             if node.op_type == "Identity" and node.input and node.input[0] in initializers}  # fmt: skip
+    return [
+        (node.op_type, [alias.get(name, name) for name in node.input])
+        for node in graph.node
+        if not (node.op_type == "Identity" and node.output and node.output[0] in alias)
+    ]
