@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 import rasterio
 import torch
 from torch import nn
@@ -465,7 +466,7 @@ def _config(
     )
 
 
-def _best_confusion(run_dir: Path) -> np.ndarray | None:
+def _best_confusion(run_dir: Path) -> NDArray[np.int64] | None:
     import json
 
     path = run_dir / "val_metrics.json"
