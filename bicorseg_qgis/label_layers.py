@@ -18,7 +18,6 @@ from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsFeatureRequest,
     QgsFeatureSource,
-    QgsMapLayer,
     QgsPalettedRasterRenderer,
     QgsProcessingContext,
     QgsProcessingException,
@@ -169,8 +168,3 @@ def read_class_raster(layer: QgsRasterLayer) -> LayerClassRaster:
         band = renderer.band()
         styles = tuple((int(c.value), c.label or str(int(c.value)), c.color.name()) for c in renderer.classes())
     return LayerClassRaster(path, band, layer.name(), styles)
-
-
-def is_raster(layer: QgsMapLayer | None) -> bool:
-    """Whether a LABELS layer is a class raster."""
-    return isinstance(layer, QgsRasterLayer)

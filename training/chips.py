@@ -52,6 +52,7 @@ from engine.model_card import NODATA_CLASS as IGNORE_INDEX
 from engine.progress import NullProgress, ProgressReporter
 from engine.raster.reader import raster_gsd_m
 from training.labels import (
+    DEFAULT_BACKGROUND,
     ClassScheme,
     LabelClass,
     LabelSource,
@@ -191,7 +192,7 @@ class _GridLabels:
         self.area: PolygonLabels | None = None
         if request.labeled_area is not None:
             self.area = self._to_grid_crs(request.labeled_area, notes)
-            background = (request.background_class or "").strip() or "background"
+            background = (request.background_class or "").strip() or DEFAULT_BACKGROUND
         self.scheme = ClassScheme.from_values(values, styles, background)
         if self.scheme.num_classes < 2:
             only = self.scheme.classes[0].value if self.scheme.classes else "nothing"
@@ -256,7 +257,8 @@ class _GridLabels:
 
     def _read_class_values(self, window: Window) -> NDArray[Any]:
         reader = self._vrt if self._vrt is not None else self._raster_source
-        assert reader is not None
+        if reader is None:
+            raise InvalidInputError("No class raster is open; the labels are polygons.")
         data: NDArray[Any] = reader.read(self._label_band, window=window, boundless=False)
         return data
 

@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 import rasterio
 import torch
+from numpy.typing import NDArray
 from torch import nn
 
 from engine.errors import CanceledError, InvalidInputError, InvalidRasterError, OutputPathError
@@ -377,18 +377,18 @@ def _normalization(base: BaseModel | None, dtype: str, chips_dir: Path) -> Norma
                        "base model's range.", dtype, card.input_dtype, low, high)  # fmt: skip
         return Normalization(mean=card.norm_mean, std=card.norm_std, value_range=(low, high))
     low, high = _value_range(chips_dir, dtype)
-    dataset = ChipDataset(chips_dir, "train")
-    total = total_sq = None
+    dataset = ChipDataset(chips_dir, "train")  # write_chips guarantees at least one training chip
+    bands = len(dataset.info.band_names)
+    total, total_sq = np.zeros(bands, np.float64), np.zeros(bands, np.float64)
     count = 0
     for index in range(min(len(dataset), 64)):
         image = dataset.chip(index)["image"]
         flat = ((image.astype(np.float64) - low) / (high - low)).reshape(image.shape[0], -1)
-        total = flat.sum(axis=1) + (0.0 if total is None else total)
-        total_sq = (flat**2).sum(axis=1) + (0.0 if total_sq is None else total_sq)
+        total += flat.sum(axis=1)
+        total_sq += (flat**2).sum(axis=1)
         count += flat.shape[1]
-    assert total is not None and total_sq is not None  # the chips hold at least one training chip
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    mean = total / max(count, 1)
+    std = np.sqrt(np.maximum(total_sq / max(count, 1) - mean**2, 0.0))
     return Normalization(mean=tuple(float(m) for m in mean), std=tuple(float(max(s, 1e-3)) for s in std),
                          value_range=(low, high))  # fmt: skip
 

@@ -111,7 +111,7 @@ def write_report(
     )
     start_label = "base model" if base is not None else "untrained"
     summary = _table(
-        ["", ""],
+        ["", "value"],
         [
             ["model", card.name],
             ["architecture", card.architecture],

@@ -64,8 +64,7 @@ def training_labels(
             algorithm.tr("LABELS is not a valid layer; choose a polygon layer or a class raster.")
         )
     field = (algorithm.parameterAsString(parameters, "CLASS_FIELD", context) or "").strip()
-    if label_layers.is_raster(layer):
-        assert isinstance(layer, QgsRasterLayer)
+    if isinstance(layer, QgsRasterLayer):
         found = label_layers.read_class_raster(layer)
         styles = tuple(LabelClass(v, n, c) for v, n, c in found.styles)
         return RasterLabels(found.path, found.band, found.source, styles)

@@ -80,7 +80,10 @@ class _Feedback:
 
             def pushInfo(self, info):
                 self.lines.append(info)
-                if cancel_after_steps is not None and sum(line.startswith("step ") for line in self.lines) >= cancel_after_steps:
+                if (
+                    cancel_after_steps is not None
+                    and sum(line.startswith("step ") for line in self.lines) >= cancel_after_steps
+                ):
                     self.cancel()
                 super().pushInfo(info)
 
@@ -166,9 +169,11 @@ def test_labels_in_another_crs_are_reprojected_and_said(run_alg, labelled, tiny_
     layer = QgsVectorLayer(str(write_labels(tmp_path / "wgs84.gpkg", wgs84, crs="EPSG:4326")), "wgs84", "ogr")
     QgsProject.instance().addMapLayer(layer)
     feedback = _Feedback()
-    result = _train(run_alg, raster, layer, tmp_path, feedback, BASE_MODEL=str(tiny_base))
+    result = _train(run_alg, raster, layer, tmp_path, feedback, BASE_MODEL=str(tiny_base),
+                    OUTPUT_MODEL="TEMPORARY_OUTPUT", REPORT="TEMPORARY_OUTPUT")  # fmt: skip
     assert any("EPSG:4326" in line and "reprojected" in line and "EPSG:32640" in line for line in feedback.lines)
-    assert Path(result["OUTPUT_MODEL"]).is_file()
+    assert Path(result["OUTPUT_MODEL"]).suffix == ".onnx" and Path(result["OUTPUT_MODEL"]).is_file()
+    assert Path(result["REPORT"]).suffix == ".html" and Path(result["REPORT"]).is_file()
 
 
 def test_export_training_data_writes_the_chips_training_uses(run_alg, labelled, tmp_path):

@@ -225,3 +225,12 @@ def test_command_line_trains_and_prints_the_summary(scene, base_model, tmp_path,
     summary = json.loads(capsys.readouterr().out)
     assert summary["steps"] == 1 and summary["classes"] == sorted(NAMES)
     assert Path(summary["model"]).is_file() and Path(summary["report"]).is_file()
+
+
+def test_the_warm_up_counts_optimizer_steps_under_a_time_budget(scene, base_model, tmp_path):
+    # A time budget squeezes the cosine into the minutes; the warm-up (10 steps) must still ramp up step by step.
+    raster, labels, _ = scene
+    log = _Log()
+    run_finetune(_request(raster, labels, tmp_path, base_model=base_model, minutes=5.0, max_steps=3, lr=1e-3), log)
+    rates = [float(line.split("lr ")[1].split(",")[0]) for line in log.lines if line.startswith("step ")]
+    assert rates == pytest.approx([1e-3 * s / 11 for s in (1, 2, 3)], rel=5e-3)  # the log rounds to 3 digits
