@@ -133,14 +133,21 @@ def _training_imports(path: Path) -> list[tuple[str, int, bool]]:
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             module = node.module or ""
-            hits = module == "training" or module.startswith("training.") or (
-                node.level > 0 and module == "" and any(a.name == "training" for a in node.names)
+            hits = (
+                module == "training"
+                or module.startswith("training.")
+                or (node.level > 0 and module == "" and any(a.name == "training" for a in node.names))
             )
             if hits:
-                found.append((f"{path.name}:{node.lineno}: from {'.' * node.level}{module}", node.lineno, id(node) in lazy))
+                found.append(
+                    (f"{path.name}:{node.lineno}: from {'.' * node.level}{module}", node.lineno, id(node) in lazy)
+                )
         elif isinstance(node, ast.Import):
-            found += [(f"{path.name}:{node.lineno}: import {a.name}", node.lineno, id(node) in lazy)
-                      for a in node.names if a.name == "training" or a.name.startswith("training.")]
+            found += [
+                (f"{path.name}:{node.lineno}: import {a.name}", node.lineno, id(node) in lazy)
+                for a in node.names
+                if a.name == "training" or a.name.startswith("training.")
+            ]
     return found
 
 
