@@ -7,6 +7,9 @@ The engine is reached as ``bicorseg_qgis.engine`` and always as the package root
   is that same module object (registered in :data:`sys.modules` below), so an error raised as
   ``engine.errors.X`` is caught as ``bicorseg_qgis.engine.X``: exactly one engine per process in both modes.
 
+The training package is reached the same way, as ``bicorseg_qgis.training`` (vendored in the zip, the repository's
+``training`` in a checkout), and only from the two training algorithms, lazily (``from ..training import X``).
+
 The installed plugin adds no generic top-level name (``engine``, ``training``) to QGIS's interpreter.
 """
 
@@ -17,23 +20,29 @@ from pathlib import Path
 from typing import Any
 
 
-def _link_repository_engine() -> None:
-    """In a repository checkout, make ``bicorseg_qgis.engine`` the repository's ``engine`` module itself."""
-    if (Path(__file__).resolve().parent / "engine" / "__init__.py").is_file():
-        return  # the installed plugin: the engine ships inside it
-    try:
-        import engine
-    except ImportError as exc:
-        raise ImportError(
-            "bicorseg_qgis runs from a repository checkout but the repository's 'engine' package is not importable; "
-            "put the repository root on PYTHONPATH, or install the zip that `make package` builds."
-        ) from exc
-    # Only the package root is ever imported through this name (an AST test and import-linter enforce it), so no
-    # submodule is loaded a second time under "bicorseg_qgis.engine.*".
-    sys.modules.setdefault(f"{__name__}.engine", engine)
+def _link_repository_packages() -> None:
+    """In a repository checkout, make ``bicorseg_qgis.engine`` / ``.training`` the repository's packages themselves."""
+    here = Path(__file__).resolve().parent
+    if not (here / "engine" / "__init__.py").is_file():  # else the installed plugin: the engine ships inside it
+        try:
+            import engine
+        except ImportError as exc:
+            raise ImportError(
+                "bicorseg_qgis runs from a repository checkout but the repository's 'engine' package is not "
+                "importable; put the repository root on PYTHONPATH, or install the zip that `make package` builds."
+            ) from exc
+        # Only the package root is ever imported through this name (an AST test and import-linter enforce it), so
+        # no submodule is loaded a second time under "bicorseg_qgis.engine.*".
+        sys.modules.setdefault(f"{__name__}.engine", engine)
+    if not (here / "training" / "__init__.py").is_file():
+        try:
+            import training  # its root imports nothing heavy: the public names load on first use
+        except ImportError:
+            return  # a checkout without the training package: the training algorithms say what is missing
+        sys.modules.setdefault(f"{__name__}.training", training)
 
 
-_link_repository_engine()
+_link_repository_packages()
 
 
 def classFactory(iface: Any) -> Any:

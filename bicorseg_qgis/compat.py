@@ -19,6 +19,7 @@ from qgis.core import (
     QgsRasterFileWriter,
     QgsRasterInterface,
     QgsUnitTypes,
+    QgsWkbTypes,
 )
 
 
@@ -50,3 +51,5 @@ DISTANCE_DEGREES = _scoped_or_legacy("DistanceUnit", "Degrees", QgsUnitTypes, "D
 DISTANCE_METERS = _scoped_or_legacy("DistanceUnit", "Meters", QgsUnitTypes, "DistanceMeters")
 RASTER_SIZE_CAPABILITY = _scoped_or_legacy("RasterInterfaceCapability", "Size", QgsRasterInterface, "Size")
 WRITER_SUCCESS = _scoped_or_legacy("RasterFileWriterResult", "Success", QgsRasterFileWriter, "NoError")
+RASTER_SOURCE = _scoped_or_legacy("ProcessingSourceType", "Raster", QgsProcessing, "TypeRaster")
+POLYGON_GEOMETRY = _scoped_or_legacy("GeometryType", "Polygon", QgsWkbTypes, "PolygonGeometry")

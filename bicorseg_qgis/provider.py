@@ -11,8 +11,10 @@ from .algorithms.base import tr
 from .algorithms.diagnostics import DiagnosticsAlgorithm
 from .algorithms.evaluate_segmentation import EvaluateSegmentationAlgorithm
 from .algorithms.export_model import ExportModelAlgorithm
+from .algorithms.export_training_data import ExportTrainingDataAlgorithm
 from .algorithms.install_dependencies import InstallDependenciesAlgorithm
 from .algorithms.segment_land_cover import SegmentLandCoverAlgorithm
+from .algorithms.train_model import TrainModelAlgorithm
 
 ICON_PATH = Path(__file__).resolve().parent / "resources" / "icons" / "bicorseg.svg"
 
@@ -56,5 +58,7 @@ class BiCoRSegProvider(QgsProcessingProvider):
             ExportModelAlgorithm(),
             DiagnosticsAlgorithm(),
             InstallDependenciesAlgorithm(),
+            TrainModelAlgorithm(),
+            ExportTrainingDataAlgorithm(),
         ):
             self.addAlgorithm(algorithm)

@@ -67,6 +67,8 @@ class ModelCard:
         training_data: Data the weights were trained on.
         metrics: Validation metrics, e.g. ``{"val_miou": 0.7}``.
         weights_sha256: Checksum of the weights (informational; the engine also hashes the file it loads).
+        base_model_sha256: SHA-256 of the model file these weights were fine-tuned from; empty when trained from
+            scratch.
         schema_version: Version of this card schema.
     """
 
@@ -93,6 +95,7 @@ class ModelCard:
     training_data: str = ""
     metrics: Mapping[str, float] = field(default_factory=dict)
     weights_sha256: str = ""
+    base_model_sha256: str = ""
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:

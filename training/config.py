@@ -199,6 +199,8 @@ class RunConfig:
         ddp_find_unused: Let DistributedDataParallel tolerate parameters without gradient in a step.
         channels_last: Keep weights and batches in channels-last memory order (about 20 % faster convolutions
             on CPUs with oneDNN; checkpoints are unaffected).
+        save_last: Write ``last.pt`` (weights, optimizer and progress, for ``--resume``) after every epoch; a
+            fine-tune, which never resumes, turns it off.
     """
 
     out_dir: str = "runs"
@@ -223,6 +225,7 @@ class RunConfig:
     plots: bool = True
     ddp_find_unused: bool = False
     channels_last: bool = False
+    save_last: bool = True
 
 
 @dataclass

@@ -18,7 +18,7 @@ import logging
 import math
 import sys
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +54,11 @@ def validate(
     device: torch.device,
     amp: bool = False,
     tta: str = "none",
+    on_image: Callable[[int, NDArray[np.int64]], None] | None = None,
 ) -> ImageScores:
     """Confusion matrix and loss of whole validation images, predicted tile by tile as at inference (eval mode).
 
-    The model is put back into training mode afterwards.
+    ``on_image`` is called after each image (progress, cancel). The model is put back into training mode afterwards.
     """
     was_training = model.training
     model.eval()
@@ -65,7 +66,7 @@ def validate(
     spec = TilingSpec(config.model.tile_size_px, config.model.overlap_px)
     try:
         return score_images(predict, samples, info.num_classes, info.ignore_index, spec,
-                            config.run.stitching, config.run.val_batch_size)  # fmt: skip
+                            config.run.stitching, config.run.val_batch_size, on_image)  # fmt: skip
     finally:
         model.train(was_training)
 

@@ -13,7 +13,7 @@ from numpy.typing import ArrayLike
 
 from .run_log import read_csv
 
-__all__ = ["plot_confusion_matrix", "plot_loss_curves", "plot_metric_curves", "plot_run"]
+__all__ = ["plot_class_iou_curves", "plot_confusion_matrix", "plot_loss_curves", "plot_metric_curves", "plot_run"]
 
 
 def _pyplot() -> Any:
@@ -116,3 +116,27 @@ def plot_run(run_dir: Path, confusion: ArrayLike | None = None, class_names: Seq
         written.append(plot_confusion_matrix(confusion, class_names, run_dir / "confusion_matrix.png",
                                              "Validation confusion matrix (best checkpoint)"))  # fmt: skip
     return written
+
+
+def plot_class_iou_curves(epochs: Sequence[Mapping[str, float]], class_names: Sequence[str], path: Path) -> Path:
+    """Validation IoU of every class (thin) and mIoU (thick) against the optimizer step."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name in class_names:
+        x, y = _series(epochs, "step", f"val_iou_{name}")
+        if x:
+            ax.plot(x, y, marker=".", linewidth=1.0, label=name)
+    x, y = _series(epochs, "step", "val_miou")
+    if x:
+        ax.plot(x, y, marker="o", linewidth=2.5, color="black", label="mIoU")
+    ax.set_xlabel("optimizer step (0 = before training)")
+    ax.set_ylabel("IoU")
+    ax.set_ylim(0.0, 1.0)
+    ax.set_title("Validation IoU per class")
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -19,6 +19,7 @@ from engine.errors import BiCoRSegError
 from engine.models.outputs import SegmentationOutput
 from training.config import TrainConfig
 from training.distributed import Distributed, broadcast_flag, mean_over_ranks
+from training.hooks import RunHooks
 from training.optim import set_learning_rate
 from training.run_log import RunLog
 from training.transforms import cutmix_batch
@@ -123,6 +124,7 @@ def train_one_epoch(
     lr_for: Callable[[int], float],
     out_of_time: Callable[[], bool],
     epoch: int,
+    hooks: RunHooks | None = None,
 ) -> EpochResult:
     """Run ``num_steps`` optimizer steps of ``run.grad_accum_steps`` micro-batches each.
 
@@ -141,9 +143,11 @@ def train_one_epoch(
         lr_for: Learning rate for a given optimizer step.
         out_of_time: Whether the time budget is spent (checked after every step, agreed by all processes).
         epoch: 0-based epoch index (seeds the CutMix draws).
+        hooks: Told about every step (``on_step``); asked before every step whether the user canceled.
 
     Raises:
         BiCoRSegError: If the loss becomes NaN or infinite without AMP (lower the learning rate).
+        CanceledError: If ``hooks`` report that the user canceled.
     """
     model.train()
     device = dist_ctx.device
@@ -155,6 +159,8 @@ def train_one_epoch(
     bar = tqdm(total=num_steps, desc=f"epoch {epoch + 1}/{config.schedule.epochs}", leave=False,
                disable=not (dist_ctx.is_main and config.run.progress_bar))  # fmt: skip
     for _ in range(num_steps):
+        if hooks is not None:
+            hooks.check_canceled()
         lr = lr_for(state.step)
         set_learning_rate(optimizer, lr)
         optimizer.zero_grad(set_to_none=True)
@@ -191,6 +197,8 @@ def train_one_epoch(
         loss_sum += step_loss
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
+        if hooks is not None and hooks.on_step is not None:
+            hooks.on_step(state.step, step_loss, lr)
         if state.step % config.run.log_every_steps == 0:  # every process gets here at the same step
             log.log_step(state.step, {"loss": mean_over_ranks(step_loss, dist_ctx), "lr": lr})
         if config.run.max_steps and state.step >= config.run.max_steps:

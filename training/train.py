@@ -37,6 +37,7 @@ from training.checkpoints import load_training_checkpoint, save_checkpoint, unwr
 from training.config import TrainConfig, config_to_dict, load_config, save_config
 from training.distributed import Distributed, all_reduce_sum, broadcast_flag, mean_over_ranks, setup_distributed
 from training.evaluate import card_metrics, metrics_summary, score_confusion, validate, write_metrics_json
+from training.hooks import RunHooks
 from training.losses import LossConfig, build_loss
 from training.optim import build_optimizer
 from training.plots import plot_run
@@ -81,11 +82,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def run_training(config: TrainConfig) -> Path:
-    """Train as configured and return the run folder (see the module docstring for what it holds)."""
+def run_training(config: TrainConfig, hooks: RunHooks | None = None) -> Path:
+    """Train as configured and return the run folder (see the module docstring for what it holds).
+
+    Args:
+        config: The validated configuration.
+        hooks: Initial weights, progress and cancel callbacks (``training.finetune`` uses them); None = none.
+
+    Raises:
+        CanceledError: If ``hooks`` report that the user canceled.
+    """
     dist_ctx = setup_distributed(config.run.device)
     try:
-        return _fit(config, dist_ctx)
+        return _fit(config, dist_ctx, hooks or RunHooks())
     finally:
         dist_ctx.close()
 
@@ -120,7 +129,7 @@ def _build_model(config: TrainConfig, num_classes: int, in_channels: int) -> nn.
     return model
 
 
-def _fit(config: TrainConfig, dist_ctx: Distributed) -> Path:
+def _fit(config: TrainConfig, dist_ctx: Distributed, hooks: RunHooks) -> Path:
     run_dir = Path(config.run.out_dir) / config.run.name
     if dist_ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -135,7 +144,10 @@ def _fit(config: TrainConfig, dist_ctx: Distributed) -> Path:
     info = data.info
 
     # --- model, card, optimizer, loss ----------------------------------------------------------------------------
-    model = _build_model(config, info.num_classes, len(info.band_names)).to(device)
+    model = _build_model(config, info.num_classes, len(info.band_names))
+    if hooks.prepare_model is not None:
+        hooks.prepare_model(model)
+    model = model.to(device)
     if config.run.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     card = make_card(config, info, data.normalization, model)
@@ -173,16 +185,19 @@ def _fit(config: TrainConfig, dist_ctx: Distributed) -> Path:
     def lr_for(step: int, elapsed_s: float) -> float:
         # With a time budget the cosine is squeezed into it: the position is whichever is further along,
         # the step count or the elapsed share of the budget, so the rate reaches its floor as time runs out.
+        # The warm-up always counts optimizer steps: a time position would skip it on a large total_steps.
         position = float(step)
-        if budget_s > 0:
+        if budget_s > 0 and step >= warmup_steps:
             position = max(position, total_steps * elapsed_s / budget_s)
         return learning_rate(position, total_steps, config.optim.lr, warmup_steps, config.schedule.min_lr)
 
     # --- the loop --------------------------------------------------------------------------------------------------
     if config.run.validate_first and state.epoch == 0:
         # A baseline row (epoch 0): the untrained model's validation scores, so the curves show what training did.
-        baseline, _ = _validation_scores(model, data, config, device, use_amp, dist_ctx)
+        baseline, _ = _validation_scores(model, data, config, device, use_amp, dist_ctx, hooks)
         state.history.append({"epoch": 0, "step": 0, **baseline})
+        if hooks.on_validation is not None:
+            hooks.on_validation(state.history[-1])
         if dist_ctx.is_main:
             log.log_epoch(state.history)
             logger.info("epoch 0 (before training): %s", _format_row(state.history[-1]))
@@ -195,7 +210,7 @@ def _fit(config: TrainConfig, dist_ctx: Distributed) -> Path:
             config=config, dist_ctx=dist_ctx, state=state, log=log, use_amp=use_amp,
             lr_for=lambda step: lr_for(step, time.monotonic() - started),
             out_of_time=lambda: budget_s > 0 and time.monotonic() - started >= budget_s,
-            epoch=epoch,
+            epoch=epoch, hooks=hooks,
         )  # fmt: skip
         state.epoch = epoch + 1
         last_epoch = state.epoch == config.schedule.epochs or result.stopped_early
@@ -206,7 +221,7 @@ def _fit(config: TrainConfig, dist_ctx: Distributed) -> Path:
                     for k, v in sorted(result.mean_parts.items()) if k != "total"})  # fmt: skip
         if state.epoch % config.run.val_every_epochs == 0 or last_epoch:
             # Every process predicts its share of the whole validation images; the confusion matrices are summed.
-            values, scores = _validation_scores(model, data, config, device, use_amp, dist_ctx)
+            values, scores = _validation_scores(model, data, config, device, use_amp, dist_ctx, hooks)
             row.update(values)
             if _improved(row.get(f"val_{config.run.monitor}", math.nan), state.best_metric):
                 state.best_metric = float(row[f"val_{config.run.monitor}"])
@@ -220,11 +235,15 @@ def _fit(config: TrainConfig, dist_ctx: Distributed) -> Path:
         row["elapsed_s"] = round(time.monotonic() - started, 1)
         state.history.append(row)
         state.elapsed_s = time.monotonic() - started
+        if hooks.on_validation is not None and "val_miou" in row:
+            hooks.on_validation(row)
         if dist_ctx.is_main:
             log.log_epoch(state.history)
+        if dist_ctx.is_main and config.run.save_last:
             save_checkpoint(run_dir / "last.pt", model=model, card=card, config=resolved, optimizer=optimizer,
                             scheduler={"total_steps": total_steps, "warmup_steps": warmup_steps},
                             scaler=scaler, **state.checkpoint_fields())  # fmt: skip
+        if dist_ctx.is_main:
             logger.info("epoch %d: %s", state.epoch, _format_row(row))
         if broadcast_flag(result.stopped_early, dist_ctx):
             logger.info("Stopping after epoch %d: %s.", state.epoch, result.stop_reason or "budget reached")
@@ -240,13 +259,21 @@ def _fit(config: TrainConfig, dist_ctx: Distributed) -> Path:
 
 
 def _validation_scores(
-    model: nn.Module, data: RunData, config: TrainConfig, device: torch.device, use_amp: bool, dist_ctx: Distributed
+    model: nn.Module,
+    data: RunData,
+    config: TrainConfig,
+    device: torch.device,
+    use_amp: bool,
+    dist_ctx: Distributed,
+    hooks: RunHooks,
 ) -> tuple[dict[str, float], SegmentationMetrics]:
     """Validation loss and scores of the whole validation images, summed over all processes.
 
-    Every process predicts its share of the images; confusion matrices and loss sums are added up.
+    Every process predicts its share of the images; confusion matrices and loss sums are added up. The hooks are
+    asked after every image whether the user canceled.
     """
-    local = validate(unwrap_model(model), data.val_samples(), data.info, config, device, use_amp)
+    local = validate(unwrap_model(model), data.val_samples(), data.info, config, device, use_amp,
+                     on_image=lambda _index, _labels: hooks.check_canceled())  # fmt: skip
     scores = score_confusion(all_reduce_sum(local.confusion, dist_ctx), data.info)
     nll_sum, pixels = all_reduce_sum(np.array([local.nll_sum, local.pixel_count], np.float64), dist_ctx)
     values = {"val_loss": float(nll_sum / pixels) if pixels else math.nan}

@@ -42,6 +42,8 @@ PIP_NAMES: dict[str, str] = {
     "onnxruntime": "onnxruntime",
     "torch": "torch",
     "onnx": "onnx",
+    "yaml": "PyYAML",
+    "PIL": "Pillow",
 }
 
 
@@ -69,10 +71,11 @@ def _imports(name: str) -> bool:
     return True
 
 
-def install_instructions(missing: Sequence[str]) -> str:
+def install_instructions(missing: Sequence[str], profile: str = "cpu") -> str:
     """Message naming what is missing and the exact command that installs it into the Python QGIS runs.
 
     ``missing`` holds import names, or ``"a or b"`` alternatives (the first alternative is the one suggested).
+    ``profile`` is the dependency installer's profile that brings them (``training`` for the training algorithms).
     The plugin never runs pip itself: installing into QGIS's interpreter is the user's decision.
     """
     requirements = []
@@ -92,7 +95,15 @@ def install_instructions(missing: Sequence[str]) -> str:
         command = f'"{Path(sys.prefix) / "bin" / "python3"}" -m pip install --user {packages}'
     else:
         how = tr("open a terminal and run (QGIS 3.22 on Debian/Ubuntu: qgis_process.bin)")
-        command = "qgis_process run bicorseg:installdependencies -- PROFILE=cpu"  # PEP 668 refuses a plain pip
+        command = f"qgis_process run bicorseg:installdependencies -- PROFILE={profile}"  # PEP 668 refuses plain pip
+    if profile == "training":
+        return tr(
+            "Training needs the Python package(s) {missing}, which are not installed in the {python} that QGIS uses "
+            "(segmentation works without them). Install them with Processing Toolbox > BiCoR-Seg > Set-up > Install "
+            "dependencies, profile 'training' (PyTorch 2.13.0 for the CPU and what training needs), which puts "
+            "pinned versions into a folder of your QGIS profile and keeps QGIS's numpy<2, then restart QGIS. Or "
+            "{how}:\n    {command}"
+        ).format(missing=", ".join(missing), python=python, how=how, command=command)
     return tr(
         "BiCoR-Seg needs the Python package(s) {missing}, which are not installed in the {python} that QGIS uses. "
         "Install them with Processing Toolbox > BiCoR-Seg > Set-up > Install dependencies (profile cpu; cuda for "
@@ -103,6 +114,9 @@ def install_instructions(missing: Sequence[str]) -> str:
 
 class BiCoRSegAlgorithm(QgsProcessingAlgorithm):
     """Base of every BiCoR-Seg algorithm. Subclasses implement :meth:`execute` and :meth:`required_modules`."""
+
+    #: The dependency installer's profile that brings what :meth:`required_modules` names.
+    DEPENDENCY_PROFILE = "cpu"
 
     def tr(self, text: str) -> str:
         """Translate a user-visible string."""
@@ -147,7 +161,7 @@ class BiCoRSegAlgorithm(QgsProcessingAlgorithm):
         required, any_of = self.required_modules(parameters, context)
         missing = missing_dependencies(required, any_of)
         if missing:
-            raise QgsProcessingException(install_instructions(missing))
+            raise QgsProcessingException(install_instructions(missing, self.DEPENDENCY_PROFILE))
         try:
             with engine_messages_to_feedback(feedback, ENGINE_LOGGER):
                 return self.execute(parameters, context, feedback)
@@ -157,7 +171,7 @@ class BiCoRSegAlgorithm(QgsProcessingAlgorithm):
             # BackendUnavailableError is an ImportError too: a missing library or an unusable device.
             top_level = (getattr(exc, "name", None) or "").split(".")[0]
             if top_level and top_level not in _OWN_PACKAGES and not isinstance(exc, BiCoRSegError):
-                raise QgsProcessingException(install_instructions([top_level])) from exc
+                raise QgsProcessingException(install_instructions([top_level], self.DEPENDENCY_PROFILE)) from exc
             raise QgsProcessingException(str(exc)) from exc
         except BiCoRSegError as exc:
             raise QgsProcessingException(str(exc)) from exc

@@ -16,7 +16,7 @@ from .base import strip_wrapper_prefixes
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["TRAINING_WRAPPER_PREFIXES", "model_from_checkpoint"]
+__all__ = ["TRAINING_WRAPPER_PREFIXES", "build_model", "model_from_checkpoint"]
 
 #: Key prefixes that training wrappers add to every weight: DataParallel / DistributedDataParallel.
 TRAINING_WRAPPER_PREFIXES: tuple[str, ...] = ("module.",)
@@ -34,17 +34,38 @@ def model_from_checkpoint(checkpoint: Mapping[str, Any], card: ModelCard, source
         ModelLoadError: If there is no ``state_dict``, the architecture cannot be built, its input channels do not
             match the card, or the weights do not fit; each message says what to fix.
     """
-    from . import create_model  # registry lookup at call time (tests register tiny architectures)
-
     state_dict = checkpoint.get("state_dict")
     if not isinstance(state_dict, Mapping):
         raise ModelLoadError(
             f"Checkpoint '{source}' has no 'state_dict'; save {{'state_dict': ..., 'model_card': ...}} "
             "(training.checkpoints does)."
         )
+    model = build_model(card, source)
+    weights = strip_wrapper_prefixes(state_dict, TRAINING_WRAPPER_PREFIXES)
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        raise ModelLoadError(
+            f"The weights in '{source}' do not fit architecture '{card.architecture}' with "
+            f"{dict(card.architecture_args)}: {str(exc).splitlines()[0]}... Check the card's architecture_args."
+        ) from exc
+    model.eval()
+    result: nn.Module = model
+    return result
+
+
+def build_model(card: ModelCard, source: str = "model") -> nn.Module:
+    """The architecture ``card`` names, with the card's class count and arguments, freshly initialised.
+
+    Raises:
+        ModelLoadError: If the card names an external model or an architecture this engine cannot build, or the
+            model's input channels do not match the card's bands.
+    """
+    from . import create_model  # registry lookup at call time (tests register tiny architectures)
+
     if card.architecture == "external":
         raise ModelLoadError(
-            f"Checkpoint '{source}' describes an external model (architecture 'external'), which engine.models "
+            f"'{source}' describes an external model (architecture 'external'), which engine.models "
             "cannot build; run its ONNX export instead."
         )
     try:
@@ -61,14 +82,5 @@ def model_from_checkpoint(checkpoint: Mapping[str, Any], card: ModelCard, source
             f"Model '{source}' takes {in_channels} input channels but its card lists {card.num_bands} input bands "
             f"({', '.join(card.input_bands)}); fix the card."
         )
-    weights = strip_wrapper_prefixes(state_dict, TRAINING_WRAPPER_PREFIXES)
-    try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError as exc:
-        raise ModelLoadError(
-            f"The weights in '{source}' do not fit architecture '{card.architecture}' with "
-            f"{dict(card.architecture_args)}: {str(exc).splitlines()[0]}... Check the card's architecture_args."
-        ) from exc
-    model.eval()
     result: nn.Module = model
     return result

@@ -44,7 +44,7 @@ from .value_scaling import (
     stored_minmax,
 )
 
-__all__ = ["GSD_TOLERANCE", "RasterSource"]
+__all__ = ["GSD_TOLERANCE", "RasterSource", "raster_gsd_m"]
 
 logger = logging.getLogger(__name__)
 
@@ -436,3 +436,15 @@ def _warn_about_georeference(dataset: DatasetReader) -> None:
             "no georeference either.",
             name,
         )
+
+
+def raster_gsd_m(dataset: DatasetReader) -> float | None:
+    """A raster's pixel size in metres as the pipeline sees it (None without georeference or metric units).
+
+    The one GSD rule for every reader of input rasters (the pipeline, training chips and model cards): the mean
+    length of the two pixel vectors (:func:`engine.raster.resolution.pixel_size_m`).
+    """
+    if not _is_georeferenced(dataset):
+        return None
+    steps = pixel_size_m(dataset.crs, dataset.transform, dataset.width, dataset.height)
+    return None if steps is None else float((steps[0] + steps[1]) / 2.0)

@@ -20,10 +20,31 @@ def test_provider_registers_the_frozen_algorithm_ids(provider):
         "bicorseg:diagnostics",
         "bicorseg:evaluatesegmentation",
         "bicorseg:exportmodel",
+        "bicorseg:exporttrainingdata",
         "bicorseg:installdependencies",
         "bicorseg:segmentlandcover",
+        "bicorseg:trainmodel",
     ]
     assert not provider.icon().isNull()
+
+
+def test_training_parameters_match_the_design(qgis_app):
+    train = QgsApplication.processingRegistry().algorithmById("bicorseg:trainmodel")
+    assert [p.name() for p in train.parameterDefinitions()] == [
+        "INPUT", "LABELS", "CLASS_FIELD", "VALIDATION", "LABELED_AREA", "BACKGROUND_CLASS", "BASE_MODEL",
+        "ARCHITECTURE", "MINUTES", "TILE_SIZE", "DEVICE", "SEGMENT_INPUT", "OUTPUT_MODEL", "REPORT", "OUTPUT",
+    ]  # fmt: skip
+    for name, options, default in (("ARCHITECTURE", ["base_model", "bicorseg_small", "hi_resnet_small", "bicorseg",
+                                                     "hi_resnet"], "base_model"),
+                                   ("DEVICE", ["auto", "cpu", "cuda"], "auto")):  # fmt: skip
+        param = train.parameterDefinition(name)
+        assert param.usesStaticStrings() and param.options() == options and param.defaultValue() == default
+    for optional in ("CLASS_FIELD", "VALIDATION", "LABELED_AREA", "BACKGROUND_CLASS", "BASE_MODEL", "OUTPUT"):
+        assert train.parameterDefinition(optional).flags() & train.parameterDefinition(optional).FlagOptional
+    export = QgsApplication.processingRegistry().algorithmById("bicorseg:exporttrainingdata")
+    assert [p.name() for p in export.parameterDefinitions()] == [
+        "INPUT", "LABELS", "CLASS_FIELD", "TILE_SIZE", "OVERLAP", "OUTPUT_FOLDER",
+    ]  # fmt: skip
 
 
 def test_segment_parameters_match_the_design_table(qgis_app):

@@ -18,6 +18,7 @@ from training.datasets.base import (
     DatasetNotFoundError,
     SegmentationDataset,
 )
+from training.datasets.chips import ChipDataset
 from training.datasets.colour_masks import ColourMaskDataset, DubaiAerial
 from training.datasets.loveda import LOVEDA, LoveDA
 from training.datasets.potsdam import POTSDAM, Potsdam
@@ -29,6 +30,7 @@ __all__ = [
     "DATASET_INFOS",
     "IGNORE_INDEX",
     "CanonicalDataset",
+    "ChipDataset",
     "ColourMaskDataset",
     "DatasetInfo",
     "DatasetNotFoundError",
@@ -46,6 +48,7 @@ DATASETS: dict[str, Callable[..., SegmentationDataset]] = {
     "uavid": UAVid,
     "colour_masks": ColourMaskDataset,
     "dubai_aerial": DubaiAerial,
+    "chips": ChipDataset,
 }
 #: Fixed class lists of the benchmark datasets (colour-mask datasets take theirs from the config).
 DATASET_INFOS: dict[str, DatasetInfo] = {"loveda": LOVEDA, "potsdam": POTSDAM, "vaihingen": VAIHINGEN, "uavid": UAVID}
