@@ -43,12 +43,11 @@ from ..errors import (
     InvalidInputError,
     InvalidRasterError,
 )
-from ..inference.pipeline import DEFAULT_BATCH_SIZE, provenance_tags
+from ..inference.pipeline import DEFAULT_BATCH_SIZE, open_request_raster, provenance_tags
 from ..inference.request import SegmentationRequest, SegmentationResult, check_output_paths, resolve_tiling
 from ..inference.tiling import TilingSpec, tile_count, tiles_touching
 from ..model_file import ModelFile
 from ..progress import NullProgress, ProgressReporter
-from ..raster.reader import RasterSource
 from .assemble import assemble_parts
 from .plan import DEFAULT_SUPER_TILE_PX, SuperTile, check_super_tile_size, plan_super_tiles, redundant_tile_share
 from .worker import ModelRef, PartResult, SuperTileJob, run_super_tile
@@ -269,14 +268,7 @@ def segment_distributed(
     card = model.card
     spec = resolve_tiling(request, card)
     batch_size = request.batch_size or int(getattr(card, "batch_size", 0) or DEFAULT_BATCH_SIZE)
-    with RasterSource.open(
-        Path(request.input_path),
-        card,
-        bands=request.bands,
-        resample_to_model_gsd=request.resample_to_model_gsd,
-        extent=request.extent,
-        mask_geometries=request.mask_geometries,
-    ) as source:
+    with open_request_raster(request, card) as source:
         _check_supported(request, source.resampled)
         plan = plan_super_tiles(source.height, source.width, options.super_tile_px)
         redundancy = redundant_tile_share(source.height, source.width, spec, plan)

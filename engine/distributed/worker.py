@@ -33,7 +33,7 @@ from .. import __version__
 from ..backends import load_backend
 from ..backends.threads import physical_core_count
 from ..errors import BiCoRSegError, CanceledError, DistributedRunError, ModelLoadError
-from ..inference.pipeline import stitch_raster
+from ..inference.pipeline import open_request_raster, stitch_raster
 from ..inference.request import SegmentationRequest
 from ..inference.tiling import TilingSpec
 from ..inference.tta import Predictor, make_predictor
@@ -318,14 +318,7 @@ def _run_super_tile(job: SuperTileJob) -> PartResult:
     window = Window(*job.window)
     progress = _EventProgress(job)
     classes_path, heatmaps_path = part_paths(parts, job.index, request.heatmaps_path is not None)
-    with RasterSource.open(
-        Path(request.input_path),
-        card,
-        bands=request.bands,
-        resample_to_model_gsd=request.resample_to_model_gsd,
-        extent=request.extent,
-        mask_geometries=request.mask_geometries,
-    ) as source:
+    with open_request_raster(request, card) as source:
         if not parts.is_dir():  # canceled while the model loaded: the writer would create the folder again
             raise CanceledError("The distributed run was canceled; its parts folder is gone.")
         grid = _WindowGrid(source, window)

@@ -190,6 +190,24 @@ def _check_canceled(progress: ProgressReporter) -> None:
         raise CanceledError("Segmentation canceled by the user; no output was written.")
 
 
+def open_request_raster(request: SegmentationRequest, card: ModelCard) -> RasterSource:
+    """The request's input raster, opened for ``card`` with every reading option of the request.
+
+    The one place a request becomes a :class:`~engine.raster.reader.RasterSource`: a single-process run, the
+    client and the workers of a distributed run all read the raster the same way.
+    """
+    return RasterSource.open(
+        Path(request.input_path),
+        card,
+        bands=request.bands,
+        resample_to_model_gsd=request.resample_to_model_gsd,
+        extent=request.extent,
+        mask_geometries=request.mask_geometries,
+        value_scaling=request.value_scaling,
+        names=request.option_names,
+    )
+
+
 def provenance_tags(
     request: SegmentationRequest,
     card: ModelCard,
@@ -275,16 +293,7 @@ def _segment_raster(
         hbis_layer = resolve_hbis_layer(request.hbis_layer, backend, card)
         count = hbis_layer_count(backend)
         hbis_tags = {"hbis_layer": str(hbis_layer), "hbis_layer_count": str(count), "hbis_values": HBIS_VALUES_TAG}
-    with RasterSource.open(
-        Path(request.input_path),
-        card,
-        bands=request.bands,
-        resample_to_model_gsd=request.resample_to_model_gsd,
-        extent=request.extent,
-        mask_geometries=request.mask_geometries,
-        value_scaling=request.value_scaling,
-        names=request.option_names,
-    ) as source:
+    with open_request_raster(request, card) as source:
         if not source.resolution_warned:  # a warning was already logged on opening: say it once
             logger.info("%s", source.resolution_line)
         if source.scaling_line:
