@@ -42,38 +42,6 @@ IGNORE = 255
 NORMALIZE = Normalization()  # ImageNet statistics on 8-bit input, as the default model
 
 
-def _double_conv(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-    )  # fmt: skip
-
-
-class UNet(nn.Module):
-    """Plain U-Net: double 3x3 conv + BN + ReLU per level, max-pool down, transposed conv up, full-res head.
-
-    Widths 12-24-48-96-192 give 1.09 M parameters at 5 classes, the size the issue names.
-    """
-
-    def __init__(self, num_classes: int, widths: tuple[int, ...] = (12, 24, 48, 96, 192)) -> None:
-        super().__init__()
-        self.down = nn.ModuleList(_double_conv(3 if i == 0 else widths[i - 1], w) for i, w in enumerate(widths))
-        self.up = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, 2) for i in range(len(widths) - 1))
-        self.merge = nn.ModuleList(_double_conv(2 * widths[i], widths[i]) for i in range(len(widths) - 1))
-        self.head = nn.Conv2d(widths[0], num_classes, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
-        for i, block in enumerate(self.down):
-            x = block(x if i == 0 else F.max_pool2d(x, 2))
-            skips.append(x)
-        x = skips.pop()
-        for i in reversed(range(len(self.up))):
-            x = self.merge[i](torch.cat([self.up[i](x), skips[i]], dim=1))
-        out: torch.Tensor = self.head(x)
-        return out
-
-
 def _logits(output: Any) -> torch.Tensor:
     return output.logits if hasattr(output, "logits") else output
 
@@ -123,7 +91,7 @@ def main() -> None:
     split: dict[str, Any] = {"val_tiles": [3], "test_tiles": [1], "downscale": 0.5}
     train = DubaiAerial(DATA, "train", samples_per_epoch=1, window_px=CROP_PX, **split)
     val, test = (DubaiAerial(DATA, name, **split) for name in ("val", "test"))
-    model: nn.Module = UNet(NUM_CLASSES) if args.model == "unet" else create_model(args.model, NUM_CLASSES)
+    model: nn.Module = create_model(args.model, NUM_CLASSES)  # "unet" is the engine's reference U-Net
     optimizer = torch.optim.AdamW(model.parameters(), args.lr, weight_decay=0.01)
     started, step, next_eval = time.monotonic(), 0, args.eval_every
     while True:

@@ -21,7 +21,9 @@ _MODELS: dict[str, str] = {
     "hi_resnet_ca": "hi_resnet:hi_resnet_ca",
     "bicorseg": "bicorseg:bicorseg",
     "bicorseg_small": "bicorseg:bicorseg_small",
+    "bicorseg_small_lu": "bicorseg:bicorseg_small_lu",
     "bicorseg_hi_resnet": "bicorseg:bicorseg_hi_resnet",
+    "unet": "unet:unet",  # the reference recipe's network (not a paper model), for side-by-side training
 }
 
 

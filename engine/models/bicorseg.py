@@ -13,7 +13,9 @@ Topology (E = embed_dim, N = classes, L = num_layers), for a (B, C, H, W) input 
 3. fusion: concatenate deepest first, 1x1 conv (S*E -> E, no bias) -> F0;
 4. class dictionary CE0 (N, E), trunc-normal(0.02), shared by the batch;
 5. L HBIS layers (:mod:`engine.models.hbis`) refine (CE, F) and emit heatmap logits H_l (B, N, H/4, W/4);
-6. upsampler PixelShuffle(2) -> LayerNorm -> GELU -> PixelShuffle(2) -> GELU: (B, E/16, H, W);
+6. upsampler PixelShuffle(2) -> LayerNorm -> GELU -> PixelShuffle(2) -> GELU: (B, E/16, H, W); the named CPU
+   variant ``bicorseg_small_lu`` uses a learned, image-guided upsampler instead
+   (:mod:`engine.models.learned_upsampler`; the paper configurations keep the paper's);
 7. classifier: Linear(E -> E/16, no bias) of CE_L, dot product with every pixel -> logits (B, N, H, W);
 8. aux head (training only): the same upsampler on F0 against a separate linear of the detached CE0.
 
@@ -38,12 +40,15 @@ from .base import SegmentationModel, check_known_options, strip_wrapper_prefixes
 from .convnext import CONVNEXT_CONFIGS, build_convnext, load_convnext_checkpoint, read_state_dict
 from .hbis import HBISLayer
 from .layers import LayerNorm2d
+from .learned_upsampler import GuidedUpsampler
 from .outputs import SegmentationOutput
 
 __all__ = [
     "BICORSEG",
     "BICORSEG_HI_RESNET",
     "BICORSEG_SMALL",
+    "BICORSEG_SMALL_LU",
+    "UPSAMPLERS",
     "BiCoRSeg",
     "BiCoRSegConfig",
     "FeatureEncoder",
@@ -51,9 +56,13 @@ __all__ = [
     "bicorseg",
     "bicorseg_hi_resnet",
     "bicorseg_small",
+    "bicorseg_small_lu",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Upsamplers of the BiCoR-Seg head: the paper's weight-free PixelShuffle, or the learned image-guided one.
+UPSAMPLERS = ("pixel_shuffle", "guided")
 
 
 class FeatureEncoder(Protocol):
@@ -102,6 +111,8 @@ class BiCoRSeg(SegmentationModel):
         film_lambda: CE2F blend factor.
         in_channels: Input bands.
         size_divisor_px: Input height/width must be multiples of this (32 for ConvNeXt).
+        upsampler: ``"pixel_shuffle"`` (the paper's) or ``"guided"`` (learned, image-guided; see
+            :mod:`engine.models.learned_upsampler`).
 
     Output (:class:`SegmentationOutput`): ``logits`` (B, N, H, W) and ``heatmaps`` (H_1..H_L, each
     (B, N, H/4, W/4)) always; in training mode also ``aux_logits`` (B, N, H, W), ``class_embeddings``
@@ -122,8 +133,11 @@ class BiCoRSeg(SegmentationModel):
         film_lambda: float = 0.5,
         in_channels: int = 3,
         size_divisor_px: int = 32,
+        upsampler: str = "pixel_shuffle",
     ) -> None:
         super().__init__()
+        if upsampler not in UPSAMPLERS:
+            raise InvalidInputError(f"Unknown upsampler '{upsampler}'; choose one of: {', '.join(UPSAMPLERS)}.")
         if num_classes < 1:
             raise InvalidInputError(f"num_classes must be >= 1, got {num_classes}.")
         if embed_dim < 16 or embed_dim % 16:
@@ -151,7 +165,11 @@ class BiCoRSeg(SegmentationModel):
         self.layers = nn.ModuleList(
             [HBISLayer(embed_dim, topk_ratio, min_pixels, tau, film_lambda) for _ in range(num_layers)]
         )
-        self.upsampler = PixelShuffleUpsampler(embed_dim)
+        self.upsampler: nn.Module = (
+            PixelShuffleUpsampler(embed_dim)
+            if upsampler == "pixel_shuffle"
+            else GuidedUpsampler(embed_dim, in_channels)
+        )
         self.classifier = nn.Linear(embed_dim, embed_dim // 16, bias=False)
         self.aux_classifier = nn.Linear(embed_dim, embed_dim // 16, bias=False)
 
@@ -186,11 +204,17 @@ class BiCoRSeg(SegmentationModel):
             ce, feat, heat = layer(ce, feat)
             heatmaps.append(heat)
             embeddings.append(ce)
-        logits = torch.einsum("bnd,bdhw->bnhw", self.classifier(ce), self.upsampler(feat))
+        guided = isinstance(self.upsampler, GuidedUpsampler)
+        guide = cast(GuidedUpsampler, self.upsampler).image_features(x) if guided else None
+
+        def upsample(features: Tensor) -> Tensor:
+            return cast(Tensor, self.upsampler(features, guide) if guided else self.upsampler(features))
+
+        logits = torch.einsum("bnd,bdhw->bnhw", self.classifier(ce), upsample(feat))
         if not self.training:
             return SegmentationOutput(logits=logits, heatmaps=tuple(heatmaps))
         # The aux head reads the static dictionary detached: its loss trains the encoder, not the table.
-        aux = torch.einsum("nd,bdhw->bnhw", self.aux_classifier(ce0.detach()), self.upsampler(feat0))
+        aux = torch.einsum("nd,bdhw->bnhw", self.aux_classifier(ce0.detach()), upsample(feat0))
         return SegmentationOutput(
             logits=logits,
             aux_logits=aux,
@@ -219,6 +243,7 @@ class BiCoRSegConfig:
         in_channels: Input bands.
         pretrained_path: Local encoder checkpoint (ConvNeXt in torchvision / timm / original layout, or a Hi-ResNet
             trained by this project); never downloaded.
+        upsampler: ``"pixel_shuffle"`` (the paper's) or ``"guided"`` (learned; ``bicorseg_small_lu``).
     """
 
     backbone: str = "base"
@@ -232,6 +257,7 @@ class BiCoRSegConfig:
     drop_path: float | None = None
     in_channels: int = 3
     pretrained_path: str | None = None
+    upsampler: str = "pixel_shuffle"
 
     def replace(self, **options: Any) -> BiCoRSegConfig:
         """Copy with options changed; an unknown option raises naming the valid ones."""
@@ -245,6 +271,9 @@ class BiCoRSegConfig:
 BICORSEG = BiCoRSegConfig()
 #: CPU-friendly configuration for the default model: ConvNeXt-Femto, E = 128.
 BICORSEG_SMALL = BiCoRSegConfig(backbone="femto", embed_dim=128)
+#: The default model's CPU variant: ``bicorseg_small`` with the learned, image-guided upsampler (a full-resolution
+#: path for thin roads and villas, and no PixelShuffle lattice).
+BICORSEG_SMALL_LU = BiCoRSegConfig(backbone="femto", embed_dim=128, upsampler="guided")
 #: BiCoR-Seg decoder on the paper's Hi-ResNet trunk.
 BICORSEG_HI_RESNET = BiCoRSegConfig(backbone="hi_resnet")
 
@@ -261,6 +290,7 @@ def _decoder(encoder: nn.Module, num_classes: int, cfg: BiCoRSegConfig, size_div
         film_lambda=cfg.film_lambda,
         in_channels=cfg.in_channels,
         size_divisor_px=size_divisor_px,
+        upsampler=cfg.upsampler,
     )
 
 
@@ -311,6 +341,22 @@ def bicorseg_small(num_classes: int, **options: Any) -> BiCoRSeg:
         The model.
     """
     return _convnext_bicorseg(num_classes, BICORSEG_SMALL.replace(**options))
+
+
+def bicorseg_small_lu(num_classes: int, **options: Any) -> BiCoRSeg:
+    """``bicorseg_small`` with the learned, image-guided upsampler (:mod:`engine.models.learned_upsampler`).
+
+    A CPU variant for the default model, not a paper configuration: the encoder, HBIS layers, class dictionary
+    and classifier are BiCoR-Seg's; only the weight-free PixelShuffle x4 is replaced (5.3 M parameters).
+
+    Args:
+        num_classes: N.
+        **options: Overrides of :class:`BiCoRSegConfig`.
+
+    Returns:
+        The model.
+    """
+    return _convnext_bicorseg(num_classes, BICORSEG_SMALL_LU.replace(**options))
 
 
 class HiResNetEncoder(nn.Module):

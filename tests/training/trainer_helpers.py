@@ -32,6 +32,8 @@ TINY_HI_RESNET: dict[str, Any] = {
 }
 #: BiCoR-Seg on the smallest ConvNeXt with a narrow embedding (size divisor 32).
 TINY_BICORSEG: dict[str, Any] = {"backbone": "atto", "embed_dim": 16, "num_layers": 2, "min_pixels": 4}
+#: The reference U-Net with three narrow levels (size divisor 4).
+TINY_UNET: dict[str, Any] = {"widths": [8, 16, 32]}
 
 
 def prepared_fake(name: str, out: Path) -> Path:
@@ -60,7 +62,7 @@ def write_colour_mask_fake(root: Path, tiles: int = 3, parts: int = 2, size: tup
 
 def tiny_config(path: Path, model: str = "hi_resnet_small", **sections: dict[str, Any]) -> Path:
     """Write a YAML config for 2 optimizer steps of a tiny model on 32 px crops, on the CPU, quickly."""
-    options = TINY_BICORSEG if model.startswith("bicorseg") else TINY_HI_RESNET
+    options = TINY_BICORSEG if model.startswith("bicorseg") else TINY_UNET if model == "unet" else TINY_HI_RESNET
     config: dict[str, Any] = {
         "data": {"crop_size_px": 32, "batch_size": 2, "num_workers": 0, "scales": [1.0], "mosaic_p": 0.0},
         "model": {"name": model, "options": options, "tile_size_px": 32, "overlap_px": 8},

@@ -15,7 +15,7 @@ from .bicorseg import (
     soft_ce_dice_loss,
 )
 from .cea import ClassAgnosticEdgeAwareLoss, class_agnostic_edge_aware_loss, pick_present_class
-from .composite import BiCoRSegLoss, HiResNetLoss, SegmentationLoss, build_loss
+from .composite import BiCoRSegLoss, HiResNetLoss, ReferenceLoss, SegmentationLoss, build_loss
 from .config import DEFAULT_LABEL_SMOOTHING, LossConfig, ModelFamily, resolve_model_family
 from .cross_entropy import LabelSmoothedCrossEntropy, label_smoothed_cross_entropy
 from .dice import GeneralizedDiceLoss, SoftDiceLoss, generalized_dice_loss, soft_dice_loss
@@ -33,6 +33,7 @@ __all__ = [
     "LabelSmoothedCrossEntropy",
     "LossConfig",
     "ModelFamily",
+    "ReferenceLoss",
     "SegmentationLoss",
     "SoftDiceLoss",
     "build_loss",

@@ -44,6 +44,25 @@ def _layer_weights(name: str, weights: tuple[float, ...] | None, layers: int) ->
     return weights
 
 
+class ReferenceLoss:
+    """The reference U-Net recipe's loss: cross-entropy with label smoothing (0.1, spread over all classes).
+
+    Args:
+        cfg: Weights and options (``label_smoothing`` and ``ignore_index`` are used).
+    """
+
+    def __init__(self, cfg: LossConfig) -> None:
+        self.cfg = cfg
+        self.smoothing = cfg.smoothing_for("reference")
+        self.spread = cfg.spread_for("reference")
+
+    def __call__(self, output: SegmentationOutput, mask: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """Total loss and its parts (one: ``ce``)."""
+        ce = label_smoothed_cross_entropy(output.logits, mask, self.smoothing, self.cfg.ignore_index, "valid",
+                                          self.spread)  # fmt: skip
+        return ce, {"ce": ce.item()}
+
+
 class HiResNetLoss:
     """Hi-ResNet's loss (paper eqs. 8-9), optionally plus Lossd.
 
@@ -208,6 +227,9 @@ def build_loss(model_family: str, cfg: LossConfig) -> SegmentationLoss:
     Raises:
         InvalidInputError: If the name belongs to neither family.
     """
-    if resolve_model_family(model_family) == "bicorseg":
+    family = resolve_model_family(model_family)
+    if family == "bicorseg":
         return BiCoRSegLoss(cfg)
+    if family == "reference":
+        return ReferenceLoss(cfg)
     return HiResNetLoss(cfg)

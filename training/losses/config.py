@@ -12,18 +12,22 @@ from engine.model_card import NODATA_CLASS
 from .cross_entropy import SmoothingSpread
 
 #: The two loss recipes; model variant names map to them by prefix (see :func:`resolve_model_family`).
-ModelFamily = Literal["hi_resnet", "bicorseg"]
+ModelFamily = Literal["hi_resnet", "bicorseg", "reference"]
 
 #: Label smoothing used by each family when ``LossConfig.label_smoothing`` is None (Hi-ResNet LSCE 0.1; GeoSeg
 #: SoftCE 0.05).
-DEFAULT_LABEL_SMOOTHING: dict[str, float] = {"hi_resnet": 0.1, "bicorseg": 0.05}
+DEFAULT_LABEL_SMOOTHING: dict[str, float] = {"hi_resnet": 0.1, "bicorseg": 0.05, "reference": 0.1}
 #: Where each family puts the smoothing mass when ``LossConfig.smoothing_spread`` is None: Hi-ResNet's eq. 4 spreads
 #: ε over the K-1 other classes; GeoSeg's SoftCE (BiCoR-Seg's code) over all K.
-DEFAULT_SMOOTHING_SPREAD: dict[str, SmoothingSpread] = {"hi_resnet": "others", "bicorseg": "uniform"}
+DEFAULT_SMOOTHING_SPREAD: dict[str, SmoothingSpread] = {
+    "hi_resnet": "others",
+    "bicorseg": "uniform",
+    "reference": "uniform",
+}
 
 
 def resolve_model_family(model_name: str) -> ModelFamily:
-    """Loss family of a model name: "bicorseg*" -> "bicorseg", "hi_resnet*" -> "hi_resnet".
+    """Loss family of a model name: "bicorseg*" -> "bicorseg", "hi_resnet*" -> "hi_resnet", "unet" -> "reference".
 
     Checked in that order, so "bicorseg_hi_resnet" (BiCoR-Seg on a Hi-ResNet backbone) is a BiCoR-Seg model.
 
@@ -34,8 +38,10 @@ def resolve_model_family(model_name: str) -> ModelFamily:
         return "bicorseg"
     if model_name.startswith("hi_resnet"):
         return "hi_resnet"
+    if model_name == "unet":
+        return "reference"
     raise InvalidInputError(
-        f"No loss recipe for model '{model_name}'; use a name starting with 'hi_resnet' or 'bicorseg'."
+        f"No loss recipe for model '{model_name}'; use a name starting with 'hi_resnet' or 'bicorseg', or 'unet'."
     )
 
 
