@@ -10,9 +10,10 @@ from typing import Any
 from ..backends.contract import BackendOption, DeviceOption
 from ..errors import InvalidInputError
 from ..model_card import ModelCard
+from ..raster.heatmaps import HEATMAP_DTYPES, HeatmapDtype
 from ..raster.output_paths import check_output_paths as check_raster_outputs
 from .stitching import STITCHING_STRATEGIES, stitching_names
-from .tiling import TilingSpec
+from .tiling import TILE_GRIDS, TileGrid, TilingSpec
 from .tta import TTA_MODES, TtaMode
 
 __all__ = [
@@ -44,7 +45,11 @@ class SegmentationRequest:
         resample_to_model_gsd: Resample to the card's ground sampling distance before inference.
         stitching: A name from :data:`engine.inference.stitching.STITCHING_STRATEGIES`.
         tta: A name from :data:`engine.inference.tta.TTA_MODES` (``"flip"`` is 3x the model work, ``"d4"`` 8x).
+        tile_grid: ``"raster"`` (tiles start at the raster's top-left pixel) or ``"anchored"`` (tiles on a lattice
+            fixed in the CRS, so overlapping clips of one image agree; up to one more tile row and column).
         cog: Write Cloud Optimized GeoTIFFs.
+        heatmap_dtype: Heatmap storage: ``"uint16"`` (probabilities in steps of 1e-4) or ``"uint8"`` (steps of
+            0.004: half the bytes, and less work to write).
         num_threads: CPU threads for the backend; None = the backend's default.
     """
 
@@ -63,7 +68,9 @@ class SegmentationRequest:
     resample_to_model_gsd: bool = True
     stitching: str = "gaussian"
     tta: TtaMode = "none"
+    tile_grid: TileGrid = "raster"
     cog: bool = False
+    heatmap_dtype: HeatmapDtype = "uint16"
     num_threads: int | None = None
 
     def __post_init__(self) -> None:
@@ -75,6 +82,12 @@ class SegmentationRequest:
         if self.tta not in TTA_MODES:
             raise InvalidInputError(
                 f"Unknown test-time augmentation '{self.tta}'; choose one of: {', '.join(TTA_MODES)}."
+            )
+        if self.tile_grid not in TILE_GRIDS:
+            raise InvalidInputError(f"Unknown tile grid '{self.tile_grid}'; choose one of: {', '.join(TILE_GRIDS)}.")
+        if self.heatmap_dtype not in HEATMAP_DTYPES:
+            raise InvalidInputError(
+                f"Unknown heatmap data type '{self.heatmap_dtype}'; choose one of: {', '.join(HEATMAP_DTYPES)}."
             )
         if self.batch_size is not None and self.batch_size < 1:
             raise InvalidInputError(f"Batch size must be at least 1, got {self.batch_size}.")

@@ -8,6 +8,11 @@ outside the raster and marks it invalid. Keeping the grid regular (instead of sh
 inside the raster) means every pair of neighbours overlaps by exactly ``O`` pixels, which the blending
 windows in :mod:`engine.inference.stitching` rely on.
 
+The grid may start before the raster's first row and column (:func:`anchored_grid_start`): then its tiles sit on a
+lattice fixed in the raster's CRS, every ``S`` pixels from the CRS origin, so the same ground falls at the same
+place in a tile whatever the raster's extent (two overlapping clips of one image give the same answer where they
+overlap). The tile loop handles that start by extending the grid (see :mod:`engine.inference.pipeline`).
+
 The *core* of a tile is the part a centre-crop stitcher keeps: half the overlap is cut from each inner side
 (none from a side on the raster border). Cores partition the raster: every pixel lies in exactly one core.
 """
@@ -17,13 +22,22 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal, get_args
 
+from affine import Affine
 from rasterio.windows import Window
 
 from ..errors import InvalidInputError
 
+TileGrid = Literal["raster", "anchored"]
+#: ``raster``: tiles start at the raster's top-left pixel; ``anchored``: tiles on a lattice fixed in the CRS.
+TILE_GRIDS: tuple[str, ...] = get_args(TileGrid)
+
 __all__ = [
+    "TILE_GRIDS",
+    "TileGrid",
     "TilingSpec",
+    "anchored_grid_start",
     "axis_offsets",
     "core_window",
     "iter_tile_rows",
@@ -97,6 +111,22 @@ def window_offsets(length_px: int, window_px: int, stride_px: int) -> list[int]:
         return [0]
     count = math.ceil((length_px - window_px) / stride_px) + 1
     return [i * stride_px for i in range(count)]
+
+
+def anchored_grid_start(transform: Affine, spec: TilingSpec) -> tuple[int, int]:
+    """Rows and columns by which an anchored tile grid starts before a raster's first row and column.
+
+    The lattice has a tile origin every ``stride_px`` pixels counted from the CRS origin along the raster's own
+    pixel axes, so rasters of the same imagery (same pixel size, pixels aligned) share their tile windows. Each
+    value is in ``[0, stride_px)``. A rotated or sheared grid, or one without georeference (identity transform),
+    starts at the raster itself: ``(0, 0)``.
+    """
+    if transform.b != 0 or transform.d != 0 or transform == Affine.identity() or not transform.a or not transform.e:
+        return 0, 0
+    # The raster's first pixel, counted in pixels from the CRS origin (rounded: geotransforms carry float noise).
+    first_col = round(transform.c / transform.a)
+    first_row = round(transform.f / transform.e)
+    return first_row % spec.stride_px, first_col % spec.stride_px
 
 
 def tile_grid_shape(height: int, width: int, spec: TilingSpec) -> tuple[int, int]:

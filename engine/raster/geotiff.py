@@ -24,7 +24,7 @@ from rasterio.io import DatasetWriter
 from rasterio.windows import Window
 
 from ..model_card import NODATA_CLASS, ModelCard
-from .heatmaps import HEATMAP_NODATA, HEATMAP_SCALE
+from .heatmaps import HeatmapEncoding, heatmap_encoding
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +38,12 @@ _COMMON_PROFILE: dict[str, Any] = {
     "blockysize": BLOCK_SIZE_PX,
     "compress": "deflate",
     "bigtiff": "IF_SAFER",
-    # Compression runs in GDAL worker threads; it is the writer's main cost at GPU speed.
-    "num_threads": "ALL_CPUS",
 }
+#: GDAL compression threads when the model runs on a GPU: compression is then the writer's main cost and the CPU
+#: cores are free. On a CPU run the cores belong to the model: compression stays on the write-behind thread.
+ALL_CPUS = "ALL_CPUS"
+#: DEFLATE level of the heatmaps (with the horizontal predictor).
+HEATMAP_ZLEVEL = 1
 
 
 @dataclass(frozen=True)
@@ -69,8 +72,10 @@ class GridFiles:
         classes: DatasetWriter,
         heatmaps: DatasetWriter | None,
         num_classes: int,
+        encoding: HeatmapEncoding | None = None,
     ) -> None:
         self.grid = grid
+        self.encoding = encoding if encoding is not None else heatmap_encoding()
         self.classes_path = Path(classes.name)
         self.heatmaps_path = None if heatmaps is None else Path(heatmaps.name)
         self._classes_ds: DatasetWriter | None = classes
@@ -81,7 +86,9 @@ class GridFiles:
         self._staged = 0  # rows of it already staged
         rows = min(BLOCK_SIZE_PX, grid.height)
         self._class_stage = np.empty((rows, grid.width), dtype=np.uint8)
-        self._heat_stage = None if heatmaps is None else np.empty((num_classes, rows, grid.width), dtype=np.uint16)
+        self._heat_stage = (
+            None if heatmaps is None else np.empty((num_classes, rows, grid.width), dtype=self.encoding.numpy_dtype)
+        )
 
     @classmethod
     def create(
@@ -91,27 +98,40 @@ class GridFiles:
         heatmaps_path: Path | None,
         card: ModelCard,
         tags: Mapping[str, str],
+        encoding: HeatmapEncoding | None = None,
+        compression_threads: int | str = 1,
     ) -> GridFiles:
-        """Create the GeoTIFFs (colour table, band descriptions, scales, nodata and tags set up front)."""
+        """Create the GeoTIFFs (colour table, band descriptions, scales, nodata and tags set up front).
+
+        Args:
+            grid: Size and georeference.
+            classes_path: Class raster file.
+            heatmaps_path: Heatmaps file, or None.
+            card: The model card (colours, class names).
+            tags: Provenance tags for both files.
+            encoding: Heatmap storage (UInt16 if None).
+            compression_threads: GDAL compression threads (``NUM_THREADS``): a count or :data:`ALL_CPUS`.
+        """
+        encoding = encoding if encoding is not None else heatmap_encoding()
         georef = {"height": grid.height, "width": grid.width, "transform": grid.transform, "crs": grid.crs}
-        classes = rasterio.open(
-            classes_path, "w", count=1, dtype="uint8", nodata=NODATA_CLASS, **georef, **_COMMON_PROFILE
-        )
+        profile = _COMMON_PROFILE | {"num_threads": str(compression_threads)}
+        classes = rasterio.open(classes_path, "w", count=1, dtype="uint8", nodata=NODATA_CLASS, **georef, **profile)
         heatmaps = None
         try:
             classes.write_colormap(1, _colormap(card))
             classes.set_band_description(1, "class")
             classes.update_tags(**tags)
             if heatmaps_path is not None:
-                # K UInt16 bands dominate the writing cost: level 3 with the horizontal predictor wrote smooth
-                # heatmaps 2.6x faster than the default level 6 for files 5 % larger.
+                # K bands dominate the writing cost. With the horizontal predictor, DEFLATE level 1 compressed
+                # smooth UInt16 heatmaps in 0.59x the CPU time of level 3 (used before issue 13) for files 16 %
+                # larger; ZSTD level 1 would save another fifth, but not every GIS reads ZSTD.
                 heatmaps = rasterio.open(
-                    heatmaps_path, "w", count=card.num_classes, dtype="uint16", nodata=HEATMAP_NODATA,
-                    predictor=2, zlevel=3, interleave="band", **georef, **_COMMON_PROFILE,
+                    heatmaps_path, "w", count=card.num_classes, dtype=encoding.dtype, nodata=encoding.nodata,
+                    predictor=2, zlevel=HEATMAP_ZLEVEL, interleave="band", **georef, **profile,
                 )  # fmt: skip
                 for band, name in enumerate(card.class_names, start=1):
                     heatmaps.set_band_description(band, name)
-                heatmaps.scales = (1.0 / HEATMAP_SCALE,) * card.num_classes
+                heatmaps.scales = (1.0 / encoding.scale,) * card.num_classes
                 heatmaps.offsets = (0.0,) * card.num_classes
                 heatmaps.update_tags(**tags)
         except BaseException:
@@ -119,14 +139,16 @@ class GridFiles:
             if heatmaps is not None:
                 heatmaps.close()
             raise
-        return cls(grid, classes, heatmaps, card.num_classes)
+        return cls(grid, classes, heatmaps, card.num_classes, encoding)
 
     @property
     def class_pixel_counts(self) -> tuple[int, ...]:
         """Pixels written per class so far."""
         return tuple(int(c) for c in self._counts)
 
-    def write(self, row_off: int, classes: NDArray[np.uint8], heatmaps: NDArray[np.uint16] | None) -> None:
+    def write(
+        self, row_off: int, classes: NDArray[np.uint8], heatmaps: NDArray[np.unsignedinteger[Any]] | None
+    ) -> None:
         """Stage rows ``row_off..`` (classes (rows, W), heatmaps (K, rows, W)); full block rows are written."""
         if row_off != self._stage_row + self._staged:
             raise ValueError(f"rows must arrive in order: got row {row_off}, expected {self._stage_row + self._staged}")
@@ -151,8 +173,8 @@ class GridFiles:
         self._classes_ds.write(classes, 1, window=window)
         if self._heatmaps_ds is not None and self._heat_stage is not None:
             self._heatmaps_ds.write(self._heat_stage[:, : self._staged], window=window)
-        labelled = classes[classes != NODATA_CLASS]
-        self._counts += np.bincount(labelled, minlength=self._num_classes)[: self._num_classes]
+        # Nodata (255) lands in its own bin, beyond the classes.
+        self._counts += np.bincount(classes.ravel(), minlength=NODATA_CLASS + 1)[: self._num_classes]
         self._stage_row += self._staged
         self._staged = 0
 

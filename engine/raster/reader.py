@@ -9,6 +9,7 @@ itself, or, when the raster's ground sampling distance differs from the card's `
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -29,12 +30,20 @@ from ..model_card import ModelCard
 from .bands import BandLayout, Normalizer, match_bands
 from .regions import RegionFilter
 
-__all__ = ["GSD_TOLERANCE", "RasterSource"]
+__all__ = ["EDGE_PADDING", "GSD_TOLERANCE", "SNAP_PROCESSING_GRID", "RasterSource"]
 
 logger = logging.getLogger(__name__)
 
 #: Relative GSD difference above which tiles are resampled to the model's resolution.
 GSD_TOLERANCE = 0.05
+#: How the part of a tile outside the processing grid is filled: ``"reflect"`` mirrors the imagery at the raster's
+#: edge (the model sees a plausible continuation, as it would further inside a larger image); ``"mean"`` (before
+#: issue 13) filled it with the band means, a flat grey block that changes the model's answer near the edge.
+EDGE_PADDING = "reflect"
+#: Put a resampled processing grid on the lattice of the card's GSD in the CRS (exact pixel size, origin on a
+#: multiple of it) instead of stretching ``round(size * factor)`` pixels over the raster's own extent, so two rasters
+#: of the same imagery cut at different places are resampled onto the same pixels.
+SNAP_PROCESSING_GRID = True
 
 
 class RasterSource:
@@ -153,10 +162,14 @@ class RasterSource:
         """
         raw, valid = self._read_raw(self._reader, window, self.height, self.width)
         tile = self._normalizer(raw)
-        valid &= np.isfinite(tile).all(axis=0)
+        if not np.isfinite(tile.sum(dtype=np.float64)):  # a float64 total is finite iff every value is
+            valid &= np.isfinite(tile).all(axis=0)
         # Pixels without data become the band mean (0 after normalisation) so they do not disturb the
         # model's view of their valid neighbours; imagery outside EXTENT/MASK is real and stays as context.
-        tile[:, ~valid] = 0.0
+        if not valid.all():
+            tile[:, ~valid] = 0.0
+        if EDGE_PADDING == "reflect":
+            tile = _reflect_outside(tile, window, self.height, self.width)
         region = self._regions.inside(window, self.processing_transform)
         if region is not None:
             valid &= region
@@ -212,24 +225,29 @@ class RasterSource:
         dtypes = [np.dtype(reader.dtypes[b - 1]) for b in self.band_indexes]
         # 8/16-bit integers are exact in float32 (half the memory traffic); 32-bit and float data keep float64.
         exact32 = all(d.kind in "iub" and d.itemsize <= 2 for d in dtypes)
-        raw: NDArray[np.generic] = np.empty(
-            (len(self.band_indexes), rows, cols), dtype=np.float32 if exact32 else np.float64
-        )
+        work = np.float32 if exact32 else np.float64
+        if inner is not None and (int(inner.height), int(inner.width)) == (rows, cols):
+            # The whole window lies inside: GDAL converts while reading, no padding to fill.
+            return self._read_inner(reader, inner, work), self._inner_valid(reader, inner)
+        raw: NDArray[np.generic] = np.empty((len(self.band_indexes), rows, cols), dtype=work)
         raw[...] = np.asarray(self._normalizer.raw_value_for_zero())[:, None, None]
         valid = np.zeros((rows, cols), dtype=bool)
         if inner is None:
             return raw, valid
         r1, c1 = r0 + int(inner.height), c0 + int(inner.width)
+        raw[:, r0:r1, c0:c1] = self._read_inner(reader, inner, work)
+        valid[r0:r1, c0:c1] = self._inner_valid(reader, inner)
+        return raw, valid
+
+    def _read_inner(self, reader: DatasetReader | WarpedVRT, inner: Window, work: type) -> NDArray[np.generic]:
         try:
-            data = reader.read(self.band_indexes, window=inner)
+            data: NDArray[np.generic] = reader.read(self.band_indexes, window=inner, out_dtype=work)
         except RasterioError as exc:
             raise InvalidRasterError(
                 f"Reading {inner} of '{self.path}' failed ({exc}); the file may be truncated or corrupt: "
                 "re-create or re-download it."
             ) from exc
-        raw[:, r0:r1, c0:c1] = data
-        valid[r0:r1, c0:c1] = self._inner_valid(reader, inner)
-        return raw, valid
+        return data
 
     def _read_valid(
         self, reader: DatasetReader | WarpedVRT, window: Window, height: int, width: int
@@ -274,12 +292,36 @@ def _split_window(window: Window, height: int, width: int) -> tuple[int, int, Wi
     return rows, cols, Window(left, top, right - left, bottom - top), top - row_off, left - col_off
 
 
+def _reflect_outside(tile: NDArray[np.float32], window: Window, height: int, width: int) -> NDArray[np.float32]:
+    """Fill the part of ``tile`` outside the ``height`` x ``width`` grid by mirroring the part inside it.
+
+    Mirrored about the edge pixel (``d c b | a b c d``, as ``numpy.pad(mode="reflect")``), repeatedly when the
+    outside part is wider than the inside; a tile with nothing inside is returned as it is.
+    """
+    rows, cols, inner, r0, c0 = _split_window(window, height, width)
+    if inner is None or (int(inner.height), int(inner.width)) == (rows, cols):
+        return tile
+    r1, c1 = r0 + int(inner.height), c0 + int(inner.width)
+    pad = ((0, 0), (r0, rows - r1), (c0, cols - c1))
+    padded: NDArray[np.float32] = np.pad(tile[:, r0:r1, c0:c1], pad, mode="reflect")
+    return padded
+
+
 def _is_georeferenced(dataset: DatasetReader) -> bool:
     return dataset.crs is not None and dataset.transform != Affine.identity()
 
 
 def _gsd_m(dataset: DatasetReader) -> float | None:
     """Mean pixel size in metres of a north-up raster in a projected CRS; None where it cannot be known."""
+    metres_per_unit = _metres_per_unit(dataset)
+    if metres_per_unit is None:
+        return None
+    transform = dataset.transform
+    return float((abs(transform.a) + abs(transform.e)) / 2.0 * metres_per_unit)
+
+
+def _metres_per_unit(dataset: DatasetReader) -> float | None:
+    """Metres per CRS unit of a north-up raster in a projected CRS; None where it cannot be known."""
     crs, transform = dataset.crs, dataset.transform
     if crs is None or not crs.is_projected or transform.b != 0 or transform.d != 0:
         return None
@@ -287,7 +329,7 @@ def _gsd_m(dataset: DatasetReader) -> float | None:
         _, metres_per_unit = crs.linear_units_factor
     except (CRSError, ValueError):  # exotic CRS definitions without linear units: treat the GSD as unknown
         return None
-    return float((abs(transform.a) + abs(transform.e)) / 2.0 * metres_per_unit)
+    return float(metres_per_unit)
 
 
 def _processing_grid(
@@ -298,12 +340,45 @@ def _processing_grid(
         return None
     if abs(input_gsd_m - card.gsd_m) <= GSD_TOLERANCE * card.gsd_m:
         return None
+    metres_per_unit = _metres_per_unit(dataset)
+    if SNAP_PROCESSING_GRID and metres_per_unit is not None:
+        return _lattice_grid(dataset.transform, dataset.height, dataset.width, card.gsd_m / metres_per_unit)
     factor = input_gsd_m / card.gsd_m
     height = max(1, round(dataset.height * factor))
     width = max(1, round(dataset.width * factor))
     # Same bounds exactly: the pixel size is the card's GSD up to the rounding of the grid size.
     transform = dataset.transform * Affine.scale(dataset.width / width, dataset.height / height)
     return transform, height, width
+
+
+def _lattice_grid(transform: Affine, height: int, width: int, pixel: float) -> tuple[Affine, int, int]:
+    """The smallest grid of ``pixel``-sized cells on the CRS lattice ``k * pixel`` covering a north-up raster.
+
+    Its origin is the raster's outer corner rounded outwards to a multiple of ``pixel`` and its size is rounded up,
+    so it covers the raster (by less than one cell more on each side). Two rasters of the same imagery cut at
+    different places get grids that share their cells, whatever their extents.
+    """
+    sx, sy = (1.0 if transform.a > 0 else -1.0), (1.0 if transform.e > 0 else -1.0)
+    x0, y0 = transform.c, transform.f
+    x1, y1 = x0 + transform.a * width, y0 + transform.e * height
+    col0 = _lattice_floor(x0 / pixel * sx)
+    row0 = _lattice_floor(y0 / pixel * sy)
+    new_width = max(1, _lattice_ceil(x1 / pixel * sx) - col0)
+    new_height = max(1, _lattice_ceil(y1 / pixel * sy) - row0)
+    grid = Affine(sx * pixel, 0.0, col0 * pixel * sx, 0.0, sy * pixel, row0 * pixel * sy)
+    return grid, new_height, new_width
+
+
+#: Coordinates within this many cells of a lattice line count as on it (float noise in geotransforms).
+_LATTICE_EPS = 1e-6
+
+
+def _lattice_floor(cells: float) -> int:
+    return math.floor(cells + _LATTICE_EPS)
+
+
+def _lattice_ceil(cells: float) -> int:
+    return math.ceil(cells - _LATTICE_EPS)
 
 
 def _warped_reader(dataset: DatasetReader, transform: Affine, height: int, width: int, card: ModelCard) -> WarpedVRT:

@@ -29,11 +29,11 @@ from rasterio.windows import Window
 
 from ..errors import OutputPathError
 from ..model_card import NODATA_CLASS, ModelCard
-from .geotiff import BLOCK_SIZE_PX, GridFiles, OutputGrid
-from .heatmaps import HEATMAP_NODATA, quantize_probabilities, requantize_heatmaps
+from .geotiff import ALL_CPUS, BLOCK_SIZE_PX, GridFiles, OutputGrid
+from .heatmaps import heatmap_encoding, quantize_probabilities, requantize_heatmaps
 from .output_paths import check_output_paths
 
-__all__ = ["SegmentationWriter", "WriterSource"]
+__all__ = ["SegmentationWriter", "WriterSource", "argmax_classes"]
 
 
 class WriterSource(Protocol):
@@ -87,6 +87,8 @@ class SegmentationWriter:
         card: ModelCard,
         tags: Mapping[str, str],
         cog: bool = False,
+        heatmap_dtype: str = "uint16",
+        compression_threads: int | str = ALL_CPUS,
     ) -> None:
         """Check the output paths and create the temp files.
 
@@ -97,6 +99,9 @@ class SegmentationWriter:
             card: Model card (class names and colours).
             tags: Provenance tags written into both outputs.
             cog: Write Cloud-Optimised GeoTIFFs.
+            heatmap_dtype: Heatmap storage, ``"uint16"`` (steps of 1e-4) or ``"uint8"`` (steps of 0.004).
+            compression_threads: GDAL compression threads: a count, or ``"ALL_CPUS"`` (when the CPU cores are not
+                busy running the model).
 
         Raises:
             OutputPathError: If an output path cannot be written; raised before any work is done.
@@ -109,6 +114,8 @@ class SegmentationWriter:
         self._card = card
         self._tags = {str(k): str(v) for k, v in tags.items()}
         self._cog = cog
+        self._encoding = heatmap_encoding(heatmap_dtype)
+        self._compression_threads = compression_threads
         self._finished = False
         self._next_row = 0
         self._nonfinite_pixels = 0
@@ -130,7 +137,9 @@ class SegmentationWriter:
         classes = self._temp_path(self.output_path, token, kind)
         heatmaps = None if self.heatmaps_path is None else self._temp_path(self.heatmaps_path, token, kind)
         try:
-            return GridFiles.create(grid, classes, heatmaps, card, self._tags)
+            return GridFiles.create(
+                grid, classes, heatmaps, card, self._tags, self._encoding, self._compression_threads
+            )
         except (OSError, rasterio.errors.RasterioError) as exc:
             raise OutputPathError(
                 f"Cannot write '{self.output_path}': creating a file in '{classes.parent}' failed ({exc}); choose a "
@@ -165,12 +174,14 @@ class SegmentationWriter:
             )
         if valid.shape != (rows, width) or row_off + rows > self._source.height:
             raise ValueError(f"valid {valid.shape} must be ({rows}, {width}) within {self._source.height} rows.")
-        finite = np.isfinite(probs).all(axis=0)
-        valid = valid & finite
-        self._nonfinite_pixels += int((~finite).sum())
-        classes = np.argmax(probs, axis=0).astype(np.uint8)
-        classes[~valid] = NODATA_CLASS
-        heat = None if self.heatmaps_path is None else quantize_probabilities(probs, valid)
+        if not np.isfinite(probs.sum(dtype=np.float64)):  # a float64 total is finite iff every value is
+            finite = np.isfinite(probs).all(axis=0)
+            valid = valid & finite
+            self._nonfinite_pixels += int((~finite).sum())
+        classes = argmax_classes(probs)
+        if not valid.all():
+            classes[~valid] = NODATA_CLASS
+        heat = None if self.heatmaps_path is None else quantize_probabilities(probs, valid, self._encoding)
         try:
             (self._processing or self._final).write(row_off, classes, heat)
         except (OSError, rasterio.errors.RasterioError) as exc:
@@ -244,14 +255,17 @@ class SegmentationWriter:
             try:
                 heat_vrt = None
                 if heat_src is not None:
+                    nodata = self._encoding.nodata
                     heat_vrt = WarpedVRT(
                         heat_src, width=source.input_width, resampling=Resampling.bilinear, dtype="float32",
-                        src_nodata=HEATMAP_NODATA, nodata=HEATMAP_NODATA, **warp,
+                        src_nodata=nodata, nodata=nodata, **warp,
                     )  # fmt: skip
                 for row_off in range(0, source.input_height, BLOCK_SIZE_PX):
                     rows = min(BLOCK_SIZE_PX, source.input_height - row_off)
                     classes = np.empty((rows, source.input_width), dtype=np.uint8)
-                    heat = None if heat_vrt is None else np.empty((self._card.num_classes, *classes.shape), np.uint16)
+                    heat = None
+                    if heat_vrt is not None:
+                        heat = np.empty((self._card.num_classes, *classes.shape), self._encoding.numpy_dtype)
                     for col_off in range(0, source.input_width, _RESAMPLE_CHUNK_PX):
                         cols = min(_RESAMPLE_CHUNK_PX, source.input_width - col_off)
                         window = Window(col_off, row_off, cols, rows)
@@ -261,7 +275,7 @@ class SegmentationWriter:
                         classes[:, col_off : col_off + cols] = chunk
                         if heat is not None and heat_vrt is not None:
                             warped = heat_vrt.read(window=window)
-                            heat[:, :, col_off : col_off + cols] = requantize_heatmaps(warped, chunk)
+                            heat[:, :, col_off : col_off + cols] = requantize_heatmaps(warped, chunk, self._encoding)
                     final.write(row_off, classes, heat)
                 if heat_vrt is not None:
                     heat_vrt.close()
@@ -295,6 +309,45 @@ class SegmentationWriter:
                 path.unlink(missing_ok=True)
             except OSError as exc:  # leave the temp rather than mask the real outcome
                 logger.debug("Could not delete temp file %s: %s", path, exc)
+
+
+#: Pixels per arg-max step: a chunk's class rows stay in the CPU cache.
+_ARGMAX_CHUNK_PX = 1 << 14
+
+
+def argmax_classes(probs: NDArray[np.float32]) -> NDArray[np.uint8]:
+    """``argmax`` over the first axis of (K, ...) finite probabilities, as uint8; ties go to the lower class.
+
+    The same classes as ``np.argmax(probs, axis=0)`` for finite values (pixels holding NaN get some class; the
+    writer marks them nodata). Computed as the per-pixel maximum, then the lowest class equal to it, a class row at
+    a time over cache-sized chunks with vectorised whole-row operations: about a tenth of the time of numpy's
+    strided reduction across the class axis, for the K of land cover.
+    """
+    k = probs.shape[0]
+    flat = probs.reshape(k, -1)
+    n = flat.shape[1]
+    classes = np.empty(n, dtype=np.uint8)
+    if k == 1:
+        classes.fill(0)
+        return classes.reshape(probs.shape[1:])
+    size = min(n, _ARGMAX_CHUNK_PX)
+    best = np.empty(size, dtype=probs.dtype)
+    other = np.empty(size, dtype=bool)
+    candidate = np.empty(size, dtype=np.uint8)
+    for start in range(0, n, _ARGMAX_CHUNK_PX):
+        stop = min(start + _ARGMAX_CHUNK_PX, n)
+        m = stop - start
+        top, differs, index, out = best[:m], other[:m], candidate[:m], classes[start:stop]
+        np.maximum(flat[0, start:stop], flat[1, start:stop], out=top)
+        for j in range(2, k):
+            np.maximum(top, flat[j, start:stop], out=top)
+        out.fill(k - 1)
+        for j in range(k - 2, -1, -1):  # keep the lowest class that reaches the maximum
+            np.not_equal(flat[j, start:stop], top, out=differs)
+            np.multiply(differs, np.uint8(255), out=index)  # 255 where class j is below the maximum, else 0
+            np.bitwise_or(index, np.uint8(j), out=index)  # j where class j reaches it
+            np.minimum(out, index, out=out)
+    return classes.reshape(probs.shape[1:])
 
 
 def _to_cog(path: Path, is_classes: bool, temps: list[Path]) -> Path:

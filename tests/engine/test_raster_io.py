@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -157,7 +158,7 @@ def test_internal_mask_marks_pixels_invalid(make_geotiff: MakeGeoTiff) -> None:
     np.testing.assert_array_equal(valid, mask)
 
 
-def test_window_past_the_edges_is_padded_and_invalid_outside(make_geotiff: MakeGeoTiff) -> None:
+def test_window_past_the_edges_is_mirrored_and_invalid_outside(make_geotiff: MakeGeoTiff) -> None:
     raw = random_bands(3, seed=8)
     with RasterSource.open(make_geotiff(raw, photometric="RGB"), make_tiny_card()) as source:
         tile, valid = source.read_tile(Window(-4, 20, 16, 16))
@@ -165,8 +166,34 @@ def test_window_past_the_edges_is_padded_and_invalid_outside(make_geotiff: MakeG
     expected_valid = np.zeros((16, 16), dtype=bool)
     expected_valid[0:4, 4:16] = True
     np.testing.assert_array_equal(valid, expected_valid)
-    np.testing.assert_allclose(tile[:, 0:4, 4:16], expected_rgb(raw[:, 20:24, 0:12]), atol=1e-5)
-    assert np.all(tile[:, ~expected_valid] == 0.0)
+    inside = expected_rgb(raw[:, 20:24, 0:12])
+    np.testing.assert_allclose(tile[:, 0:4, 4:16], inside, atol=1e-5)
+    # Outside the raster the imagery is mirrored about the edge pixels (rows 24.. mirror 22, 21, 20, 21, ...;
+    # columns -4..-1 mirror 4, 3, 2, 1), so a model sees a continuation rather than a flat block.
+    rows = [0, 1, 2, 3, 2, 1, 0, 1, 2, 3, 2, 1, 0, 1, 2, 3]
+    cols = [4, 3, 2, 1, *range(12)]
+    np.testing.assert_allclose(tile, inside[:, rows][:, :, cols], atol=1e-5)
+
+
+def test_mean_padding_fills_outside_with_the_band_mean(make_geotiff: MakeGeoTiff, monkeypatch: Any) -> None:
+    from engine.raster import reader
+
+    monkeypatch.setattr(reader, "EDGE_PADDING", "mean")
+    raw = random_bands(3, seed=8)
+    with RasterSource.open(make_geotiff(raw, photometric="RGB"), make_tiny_card()) as source:
+        tile, valid = source.read_tile(Window(-4, 20, 16, 16))
+    assert np.all(tile[:, ~valid] == 0.0)
+
+
+def test_invalid_pixels_inside_are_the_band_mean_also_where_mirrored(make_geotiff: MakeGeoTiff) -> None:
+    raw = random_bands(3, seed=12)
+    raw[:, :, 30:] = 0  # the last two columns are nodata
+    with RasterSource.open(make_geotiff(raw, nodata=0, photometric="RGB"), make_tiny_card()) as source:
+        tile, valid = source.read_tile(Window(24, 0, 12, 24))
+    assert not valid[:, 6:].any() and valid[:, :6].all()
+    assert np.all(tile[:, :, 6:9] == 0.0)  # nodata columns 30, 31 and column 32, their mirror image of 30
+    assert np.all(tile[:, :, :6] != 0.0)
+    np.testing.assert_allclose(tile[:, :, 9:12], tile[:, :, [5, 4, 3]])  # columns 33..35 mirror 29..27
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
