@@ -2,8 +2,8 @@
 
 Training validation and evaluation predict whole images held in memory; they run through
 :func:`~engine.inference.pipeline.stitch_raster` exactly as a raster file does (same windows, same boundless
-padding with zeros, i.e. the band mean after normalisation, same blending), so a validation score measures what
-a QGIS user gets.
+padding: the image mirrored at its edges, as :data:`engine.raster.reader.EDGE_PADDING` says; same blending), so a
+validation score measures what a QGIS user gets.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 from rasterio.windows import Window
 
+from ..raster import reader
 from .pipeline import DEFAULT_BATCH_SIZE, stitch_raster
 from .tiling import TilingSpec
 from .tta import Predictor
@@ -20,7 +21,7 @@ __all__ = ["ArraySink", "ArrayTileSource", "stitch_array"]
 
 
 class ArrayTileSource:
-    """A normalised (C, H, W) image served as boundless tiles (zeros and invalid outside the image)."""
+    """A normalised (C, H, W) image served as boundless tiles (mirrored and invalid outside the image)."""
 
     def __init__(self, image: NDArray[np.float32], valid: NDArray[np.bool_] | None = None) -> None:
         self._image = np.asarray(image, dtype=np.float32)
@@ -37,17 +38,22 @@ class ArrayTileSource:
         return int(self._image.shape[2])
 
     def read_tile(self, window: Window) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
-        """The (C, h, w) tile of ``window`` and its (h, w) validity; zero and invalid where outside the image."""
+        """The (C, h, w) tile of ``window`` and its (h, w) validity; outside the image mirrored and invalid."""
         row_off, col_off = int(window.row_off), int(window.col_off)
-        rows, cols = int(window.height), int(window.width)
-        tile = np.zeros((self._image.shape[0], rows, cols), dtype=np.float32)
-        valid = np.zeros((rows, cols), dtype=bool)
-        top, left = max(row_off, 0), max(col_off, 0)
-        bottom, right = min(row_off + rows, self.height), min(col_off + cols, self.width)
-        if bottom > top and right > left:
-            inner = (slice(top - row_off, bottom - row_off), slice(left - col_off, right - col_off))
-            tile[:, inner[0], inner[1]] = self._image[:, top:bottom, left:right]
-            valid[inner] = self._valid[top:bottom, left:right]
+        rows = np.arange(row_off, row_off + int(window.height))
+        cols = np.arange(col_off, col_off + int(window.width))
+        inside = ((rows >= 0) & (rows < self.height))[:, None] & ((cols >= 0) & (cols < self.width))[None, :]
+        if reader.EDGE_PADDING == "reflect":
+            take = np.ix_(
+                reader.mirror_indices(row_off, rows.size, self.height),
+                reader.mirror_indices(col_off, cols.size, self.width),
+            )
+        else:
+            take = np.ix_(np.clip(rows, 0, self.height - 1), np.clip(cols, 0, self.width - 1))
+        tile = self._image[:, take[0], take[1]]
+        valid = self._valid[take] & inside
+        if reader.EDGE_PADDING != "reflect":
+            tile[:, ~inside] = 0.0  # the band mean
         return tile, valid
 
 

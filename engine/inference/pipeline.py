@@ -40,7 +40,7 @@ from ..raster.write_behind import RowWriter, WriteBehind
 from ..raster.writer import SegmentationWriter
 from .request import SegmentationRequest, SegmentationResult, check_output_paths, resolve_tiling
 from .stitching import StripAccumulator
-from .tiling import TilingSpec, anchored_grid_start, iter_tile_rows, tile_count
+from .tiling import TilingSpec, grid_margins, iter_tile_rows, tile_count
 from .tta import TTA_MODES, Predictor, make_predictor
 
 __all__ = [
@@ -112,7 +112,7 @@ def stitch_raster(
     stitching: str = "gaussian",
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: ProgressReporter | None = None,
-    grid_start_px: tuple[int, int] = (0, 0),
+    margins_px: tuple[int, int, int, int] = (0, 0, 0, 0),
 ) -> StitchStats:
     """Tile ``source``, run ``predict`` on batches of tiles, blend and stream finished rows to ``writer``.
 
@@ -125,17 +125,17 @@ def stitch_raster(
         stitching: Name of the blending strategy.
         batch_size: Tiles per ``predict`` call.
         progress: Gets a monotonic fraction in [0, 0.98] and is asked about cancellation between batches.
-        grid_start_px: Rows and columns by which the tile grid starts before the source's first row and column
-            (see :func:`~engine.inference.tiling.anchored_grid_start`): the loop runs on the source extended by
-            that much (read boundless, invalid) and hands ``writer`` only the source's own rows and columns.
+        margins_px: ``(top, left, bottom, right)`` pixels the tile grid reaches beyond the source (see
+            :func:`~engine.inference.tiling.grid_margins`): the loop runs on the source extended by that much (read
+            boundless: mirrored, invalid) and hands ``writer`` only the source's own rows and columns.
 
     Raises:
         CanceledError: If ``progress`` reports a cancel (the caller aborts the writer).
     """
     reporter = progress if progress is not None else NullProgress()
-    if grid_start_px != (0, 0):
-        source = _ExtendedSource(source, *grid_start_px)
-        writer = _CroppingWriter(writer, *grid_start_px)
+    if any(margins_px):
+        writer = _CroppingWriter(writer, margins_px, source.height, source.width)
+        source = _ExtendedSource(source, margins_px)
     height, width = source.height, source.width
     stats = StitchStats(tile_count=tile_count(height, width, spec))
     accumulator = StripAccumulator(num_classes, height, width, spec, stitching)
@@ -175,36 +175,42 @@ def stitch_raster(
 
 
 class _ExtendedSource:
-    """A tile source extended by ``rows`` rows above and ``cols`` columns left of it (boundless reads)."""
+    """A tile source extended by ``(top, left, bottom, right)`` rows and columns around it (boundless reads)."""
 
-    def __init__(self, source: TileSource, rows: int, cols: int) -> None:
-        self._source, self._rows, self._cols = source, rows, cols
+    def __init__(self, source: TileSource, margins_px: tuple[int, int, int, int]) -> None:
+        self._source = source
+        self._top, self._left, self._bottom, self._right = margins_px
 
     @property
     def height(self) -> int:
-        return self._source.height + self._rows
+        return self._top + self._source.height + self._bottom
 
     @property
     def width(self) -> int:
-        return self._source.width + self._cols
+        return self._left + self._source.width + self._right
 
     def read_tile(self, window: Window) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
-        shifted = Window(window.col_off - self._cols, window.row_off - self._rows, window.width, window.height)
+        shifted = Window(window.col_off - self._left, window.row_off - self._top, window.width, window.height)
         return self._source.read_tile(shifted)
 
 
 class _CroppingWriter:
     """Hands a writer only the rows and columns of the source inside an :class:`_ExtendedSource`."""
 
-    def __init__(self, writer: RowWriter, rows: int, cols: int) -> None:
-        self._writer, self._rows, self._cols = writer, rows, cols
+    def __init__(self, writer: RowWriter, margins_px: tuple[int, int, int, int], height: int, width: int) -> None:
+        """Wrap ``writer`` of a ``height`` x ``width`` source extended by ``margins_px`` (top, left, bottom, right)."""
+        self._writer = writer
+        self._top, self._left = margins_px[:2]
+        self._height, self._width = height, width
 
     def write_rows(self, row_off: int, probs: NDArray[np.float32], valid: NDArray[np.bool_]) -> None:
-        skip = max(0, self._rows - row_off)
-        if skip >= probs.shape[1]:
-            return  # rows above the source: nothing of it
-        cols = slice(self._cols, None)
-        self._writer.write_rows(row_off + skip - self._rows, probs[:, skip:, cols], valid[skip:, cols])
+        first = max(row_off, self._top)  # extended-grid rows of the source in this chunk: [first, last)
+        last = min(row_off + probs.shape[1], self._top + self._height)
+        if last <= first:
+            return
+        rows = slice(first - row_off, last - row_off)
+        cols = slice(self._left, self._left + self._width)
+        self._writer.write_rows(first - self._top, probs[:, rows, cols], valid[rows, cols])
 
 
 def auto_batch_size(device: str, tile_size_px: int) -> int:
@@ -307,9 +313,7 @@ def segment_raster(
         batch_size = batch_size or auto_batch_size(backend.device, spec.tile_size_px)
         model_sha256 = model.sha256
         tags = provenance_tags(request, card, model_sha256, spec, batch_size, backend)
-        grid_start = (0, 0)
-        if request.tile_grid == "anchored":
-            grid_start = anchored_grid_start(source.processing_transform, spec) if source.georeferenced else (0, 0)
+        margins = grid_margins(spec, request.tile_grid, source.processing_transform if source.georeferenced else None)
         # On a CPU run the cores belong to the model: compression stays on the write-behind thread alone.
         threads = ALL_CPUS if backend.device == "cuda" else 1
         with SegmentationWriter(
@@ -327,7 +331,7 @@ def segment_raster(
                     stitching=request.stitching,
                     batch_size=batch_size,
                     progress=reporter,
-                    grid_start_px=grid_start,
+                    margins_px=margins,
                 )
             if stats.valid_pixel_count == 0:
                 raise InvalidRasterError(

@@ -40,6 +40,8 @@ __all__ = [
     "anchored_grid_start",
     "axis_offsets",
     "core_window",
+    "edge_context_px",
+    "grid_margins",
     "iter_tile_rows",
     "iter_tile_windows",
     "tile_count",
@@ -121,12 +123,43 @@ def anchored_grid_start(transform: Affine, spec: TilingSpec) -> tuple[int, int]:
     value is in ``[0, stride_px)``. A rotated or sheared grid, or one without georeference (identity transform),
     starts at the raster itself: ``(0, 0)``.
     """
-    if transform.b != 0 or transform.d != 0 or transform == Affine.identity() or not transform.a or not transform.e:
+    if not _has_lattice(transform):
         return 0, 0
     # The raster's first pixel, counted in pixels from the CRS origin (rounded: geotransforms carry float noise).
     first_col = round(transform.c / transform.a)
     first_row = round(transform.f / transform.e)
     return first_row % spec.stride_px, first_col % spec.stride_px
+
+
+def edge_context_px(spec: TilingSpec) -> int:
+    """Pixels of context the tile grid reaches beyond the raster's edges: half the overlap.
+
+    A model's answer at a tile's edge is made without context, so the raster's own edge pixels should not sit there;
+    half the overlap is what a centre-crop stitcher discards at an inner tile side, and what a naive loop pads.
+    """
+    return spec.overlap_px // 2
+
+
+def grid_margins(spec: TilingSpec, tile_grid: str, transform: Affine | None = None) -> tuple[int, int, int, int]:
+    """How far the tile grid reaches beyond the raster: ``(top, left, bottom, right)`` pixels, read boundless.
+
+    The grid starts before the first row and column and ends after the last ones by at least
+    :func:`edge_context_px`; an ``"anchored"`` grid starts where the CRS lattice of :func:`anchored_grid_start`
+    says (one stride earlier if that leaves less context). ``transform`` is the raster's (processing) grid; without
+    it, or without georeference, an anchored grid falls back to the raster's own corner.
+    """
+    context = edge_context_px(spec)
+    top = left = context
+    if tile_grid == "anchored" and transform is not None and _has_lattice(transform):
+        top, left = (p + spec.stride_px if p < context else p for p in anchored_grid_start(transform, spec))
+    return top, left, context, context
+
+
+def _has_lattice(transform: Affine) -> bool:
+    """Whether a grid is georeferenced, north-up and unrotated, so its pixels lie on a CRS lattice."""
+    return (
+        transform != Affine.identity() and transform.b == 0 and transform.d == 0 and bool(transform.a and transform.e)
+    )
 
 
 def tile_grid_shape(height: int, width: int, spec: TilingSpec) -> tuple[int, int]:

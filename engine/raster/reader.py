@@ -30,7 +30,7 @@ from ..model_card import ModelCard
 from .bands import BandLayout, Normalizer, match_bands
 from .regions import RegionFilter
 
-__all__ = ["EDGE_PADDING", "GSD_TOLERANCE", "SNAP_PROCESSING_GRID", "RasterSource"]
+__all__ = ["EDGE_PADDING", "GSD_TOLERANCE", "SNAP_PROCESSING_GRID", "RasterSource", "mirror_indices"]
 
 logger = logging.getLogger(__name__)
 
@@ -160,19 +160,42 @@ class RasterSource:
             (the band mean) wherever there is no data; and the (h, w) mask, False for nodata, masked, alpha == 0,
             non-finite, outside EXTENT/MASK or outside the raster. ``h, w`` equal the window's size.
         """
+        rows, cols, inner, _, _ = _split_window(window, self.height, self.width)
+        if EDGE_PADDING == "reflect" and inner is not None and (int(inner.height), int(inner.width)) != (rows, cols):
+            tile, valid = self._read_mirrored(window, rows, cols)
+        else:
+            tile, valid = self._read_normalised(window)
+        region = self._regions.inside(window, self.processing_transform)
+        if region is not None:
+            valid &= region
+        return tile, valid
+
+    def _read_mirrored(self, window: Window, rows: int, cols: int) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+        """A window reaching past the grid: the outside part mirrors the grid's own pixels (and is invalid)."""
+        row_off, col_off = round(window.row_off), round(window.col_off)
+        source_rows = mirror_indices(row_off, rows, self.height)
+        source_cols = mirror_indices(col_off, cols, self.width)
+        top, left = int(source_rows.min()), int(source_cols.min())
+        box = Window(left, top, int(source_cols.max()) - left + 1, int(source_rows.max()) - top + 1)
+        box_tile, box_valid = self._read_normalised(box)  # a window inside the grid
+        take = np.ix_(source_rows - top, source_cols - left)
+        tile: NDArray[np.float32] = box_tile[:, take[0], take[1]]
+        # Mirroring maps every index inside the grid to itself, and only those.
+        inside_rows = source_rows == np.arange(row_off, row_off + rows)
+        inside_cols = source_cols == np.arange(col_off, col_off + cols)
+        valid = box_valid[take] & inside_rows[:, None] & inside_cols[None, :]
+        return tile, valid
+
+    def _read_normalised(self, window: Window) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+        """Normalised tile (band means outside the raster and at invalid pixels) and its validity."""
         raw, valid = self._read_raw(self._reader, window, self.height, self.width)
         tile = self._normalizer(raw)
-        if not np.isfinite(tile.sum(dtype=np.float64)):  # a float64 total is finite iff every value is
+        if not np.isfinite(tile.sum()):  # finite total: every value is (an overflow only sends us the long way)
             valid &= np.isfinite(tile).all(axis=0)
         # Pixels without data become the band mean (0 after normalisation) so they do not disturb the
         # model's view of their valid neighbours; imagery outside EXTENT/MASK is real and stays as context.
         if not valid.all():
             tile[:, ~valid] = 0.0
-        if EDGE_PADDING == "reflect":
-            tile = _reflect_outside(tile, window, self.height, self.width)
-        region = self._regions.inside(window, self.processing_transform)
-        if region is not None:
-            valid &= region
         return tile, valid
 
     def read_input_valid(self, window: Window) -> NDArray[np.bool_]:
@@ -292,19 +315,19 @@ def _split_window(window: Window, height: int, width: int) -> tuple[int, int, Wi
     return rows, cols, Window(left, top, right - left, bottom - top), top - row_off, left - col_off
 
 
-def _reflect_outside(tile: NDArray[np.float32], window: Window, height: int, width: int) -> NDArray[np.float32]:
-    """Fill the part of ``tile`` outside the ``height`` x ``width`` grid by mirroring the part inside it.
+def mirror_indices(start: int, count: int, length: int) -> NDArray[np.intp]:
+    """Indices ``start .. start + count - 1`` of an axis of ``length`` pixels, mirrored back inside it.
 
-    Mirrored about the edge pixel (``d c b | a b c d``, as ``numpy.pad(mode="reflect")``), repeatedly when the
-    outside part is wider than the inside; a tile with nothing inside is returned as it is.
+    Mirrored about the edge pixels (``... c b | a b c ... x y z | y x ...``, as ``numpy.pad(mode="reflect")`` of
+    the whole axis), repeatedly for indices further out than the axis is long.
     """
-    rows, cols, inner, r0, c0 = _split_window(window, height, width)
-    if inner is None or (int(inner.height), int(inner.width)) == (rows, cols):
-        return tile
-    r1, c1 = r0 + int(inner.height), c0 + int(inner.width)
-    pad = ((0, 0), (r0, rows - r1), (c0, cols - c1))
-    padded: NDArray[np.float32] = np.pad(tile[:, r0:r1, c0:c1], pad, mode="reflect")
-    return padded
+    index = np.arange(start, start + count, dtype=np.intp)
+    if length == 1:
+        return np.zeros(count, dtype=np.intp)
+    period = 2 * (length - 1)
+    index %= period
+    mirrored: NDArray[np.intp] = np.where(index >= length, period - index, index)
+    return mirrored
 
 
 def _is_georeferenced(dataset: DatasetReader) -> bool:

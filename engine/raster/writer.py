@@ -174,7 +174,7 @@ class SegmentationWriter:
             )
         if valid.shape != (rows, width) or row_off + rows > self._source.height:
             raise ValueError(f"valid {valid.shape} must be ({rows}, {width}) within {self._source.height} rows.")
-        if not np.isfinite(probs.sum(dtype=np.float64)):  # a float64 total is finite iff every value is
+        if not np.isfinite(probs.sum()):  # finite total: every value is (an overflow only sends us the long way)
             finite = np.isfinite(probs).all(axis=0)
             valid = valid & finite
             self._nonfinite_pixels += int((~finite).sum())

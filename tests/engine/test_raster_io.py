@@ -166,13 +166,13 @@ def test_window_past_the_edges_is_mirrored_and_invalid_outside(make_geotiff: Mak
     expected_valid = np.zeros((16, 16), dtype=bool)
     expected_valid[0:4, 4:16] = True
     np.testing.assert_array_equal(valid, expected_valid)
-    inside = expected_rgb(raw[:, 20:24, 0:12])
-    np.testing.assert_allclose(tile[:, 0:4, 4:16], inside, atol=1e-5)
-    # Outside the raster the imagery is mirrored about the edge pixels (rows 24.. mirror 22, 21, 20, 21, ...;
-    # columns -4..-1 mirror 4, 3, 2, 1), so a model sees a continuation rather than a flat block.
-    rows = [0, 1, 2, 3, 2, 1, 0, 1, 2, 3, 2, 1, 0, 1, 2, 3]
+    np.testing.assert_allclose(tile[:, 0:4, 4:16], expected_rgb(raw[:, 20:24, 0:12]), atol=1e-5)
+    # Outside the raster its own pixels are mirrored about the edge pixels, as numpy.pad(mode="reflect") of the whole
+    # raster would (rows 24..35 mirror rows 22..11, columns -4..-1 mirror 4..1): a model sees a continuation of the
+    # image rather than a flat block, and the same continuation whichever tile reaches past the edge.
+    rows = [20, 21, 22, 23, *range(22, 10, -1)]
     cols = [4, 3, 2, 1, *range(12)]
-    np.testing.assert_allclose(tile, inside[:, rows][:, :, cols], atol=1e-5)
+    np.testing.assert_allclose(tile, expected_rgb(raw[:, rows][:, :, cols]), atol=1e-5)
 
 
 def test_mean_padding_fills_outside_with_the_band_mean(make_geotiff: MakeGeoTiff, monkeypatch: Any) -> None:
@@ -340,3 +340,29 @@ def test_resampling_only_when_both_gsds_are_known_and_differ(
         assert (source.height, source.width) == expected
         tile, valid = source.read_tile(full_window(source))
     assert tile.shape == (3, *expected) and valid.all()
+
+
+def test_resampled_grid_lies_on_the_model_gsd_lattice(make_geotiff: MakeGeoTiff) -> None:
+    from rasterio.transform import from_origin
+
+    # 0.5 m pixels, 31 x 41, the corner 0.25 m off the 1 m lattice: cells of exactly 1 m from a multiple of 1 m,
+    # covering the raster (by less than a cell on each side).
+    raw = np.random.default_rng(13).integers(0, 255, size=(3, 31, 41), dtype=np.uint8)
+    transform = from_origin(ORIGIN[0] + 0.25, ORIGIN[1] - 0.25, 0.5, 0.5)
+    path = make_geotiff(raw, transform=transform, photometric="RGB")
+    with RasterSource.open(path, make_tiny_card(gsd_m=1.0)) as source:
+        grid = source.processing_transform
+        assert (grid.a, grid.e) == (1.0, -1.0)
+        assert (grid.c, grid.f) == (ORIGIN[0], ORIGIN[1])  # 500000.25 and 2799999.75 rounded outwards
+        # x: 500000.25 .. 500020.75 -> 21 cells; y: 2799999.75 .. 2799984.25 -> 16 cells.
+        assert (source.width, source.height) == (21, 16)
+
+
+@settings(max_examples=60, deadline=None)
+@given(start=st.integers(-70, 70), count=st.integers(1, 60), length=st.integers(1, 20))
+def test_mirror_indices_are_numpy_reflect_padding_of_the_whole_axis(start: int, count: int, length: int) -> None:
+    from engine.raster.reader import mirror_indices
+
+    pad = 200
+    padded = np.pad(np.arange(length), pad, mode="reflect") if length > 1 else np.zeros(length + 2 * pad, int)
+    np.testing.assert_array_equal(mirror_indices(start, count, length), padded[pad + start : pad + start + count])
