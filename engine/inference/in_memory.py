@@ -1,7 +1,7 @@
 """An in-memory image as a tile source and an array as the row sink, for the one tile loop.
 
 Training validation and evaluation predict whole images held in memory; they run through
-:func:`~engine.inference.pipeline.stitch_raster` exactly as a raster file does (same windows, same boundless
+:func:`~engine.inference.pipeline.stitch_raster` exactly as a raster file does (same grid and windows, same boundless
 padding: the image mirrored at its edges, as :data:`engine.raster.reader.EDGE_PADDING` says; same blending), so a
 validation score measures what a QGIS user gets.
 """
@@ -14,7 +14,7 @@ from rasterio.windows import Window
 
 from ..raster import reader
 from .pipeline import DEFAULT_BATCH_SIZE, stitch_raster
-from .tiling import TilingSpec
+from .tiling import TilingSpec, grid_margins
 from .tta import Predictor
 
 __all__ = ["ArraySink", "ArrayTileSource", "stitch_array"]
@@ -79,5 +79,8 @@ def stitch_array(
     """Class probabilities (K, H, W) of a whole normalised (C, H, W) image through the engine's tile loop."""
     source = ArrayTileSource(image)
     sink = ArraySink(num_classes, source.height, source.width)
-    stitch_raster(source, sink, predict, spec, num_classes, stitching=stitching, batch_size=batch_size)
+    margins = grid_margins(spec, "raster")  # the same grid as a raster file gets
+    stitch_raster(
+        source, sink, predict, spec, num_classes, stitching=stitching, batch_size=batch_size, margins_px=margins
+    )
     return sink.probabilities
