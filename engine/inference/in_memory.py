@@ -2,8 +2,8 @@
 
 Training validation and evaluation predict whole images held in memory; they run through
 :func:`~engine.inference.pipeline.stitch_raster` exactly as a raster file does (same grid and windows, same boundless
-padding: the image mirrored at its edges, as :data:`engine.raster.reader.EDGE_PADDING` says; same blending), so a
-validation score measures what a QGIS user gets.
+padding: the image mirrored as far as the grid reaches beyond its edges, as :data:`engine.raster.reader.EDGE_PADDING`
+says, band means further out; same blending), so a validation score measures what a QGIS user gets.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from rasterio.windows import Window
 
 from ..raster import reader
 from .pipeline import DEFAULT_BATCH_SIZE, stitch_raster
-from .tiling import TilingSpec, grid_margins
+from .tiling import TilingSpec, edge_context_px, grid_margins
 from .tta import Predictor
 
 __all__ = ["ArraySink", "ArrayTileSource", "stitch_array"]
@@ -23,7 +23,10 @@ __all__ = ["ArraySink", "ArrayTileSource", "stitch_array"]
 class ArrayTileSource:
     """A normalised (C, H, W) image served as boundless tiles (mirrored and invalid outside the image)."""
 
-    def __init__(self, image: NDArray[np.float32], valid: NDArray[np.bool_] | None = None) -> None:
+    def __init__(
+        self, image: NDArray[np.float32], valid: NDArray[np.bool_] | None = None, mirror_depth_px: int | None = None
+    ) -> None:
+        self.mirror_depth_px = mirror_depth_px
         self._image = np.asarray(image, dtype=np.float32)
         self._valid = np.ones(self._image.shape[1:], dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
 
@@ -54,6 +57,9 @@ class ArrayTileSource:
         valid = self._valid[take] & inside
         if reader.EDGE_PADDING != "reflect":
             tile[:, ~inside] = 0.0  # the band mean
+        elif self.mirror_depth_px is not None:
+            height, width, depth = self.height, self.width, self.mirror_depth_px
+            tile[:, reader.beyond_mirror_depth(row_off, rows.size, height, col_off, cols.size, width, depth)] = 0.0
         return tile, valid
 
 
@@ -77,7 +83,7 @@ def stitch_array(
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> NDArray[np.float32]:
     """Class probabilities (K, H, W) of a whole normalised (C, H, W) image through the engine's tile loop."""
-    source = ArrayTileSource(image)
+    source = ArrayTileSource(image, mirror_depth_px=edge_context_px(spec))
     sink = ArraySink(num_classes, source.height, source.width)
     margins = grid_margins(spec, "raster")  # the same grid as a raster file gets
     stitch_raster(

@@ -40,7 +40,7 @@ from ..raster.write_behind import RowWriter, WriteBehind
 from ..raster.writer import SegmentationWriter
 from .request import SegmentationRequest, SegmentationResult, check_output_paths, resolve_tiling
 from .stitching import StripAccumulator
-from .tiling import TilingSpec, grid_margins, iter_tile_rows, tile_count
+from .tiling import TilingSpec, edge_context_px, grid_margins, iter_tile_rows, tile_count
 from .tta import TTA_MODES, Predictor, make_predictor
 
 __all__ = [
@@ -69,7 +69,7 @@ GPU_BATCH_TILE_PIXELS = 8 * 512 * 512
 #: Largest automatic batch.
 MAX_AUTO_BATCH_SIZE = 32
 #: Rows per write_rows call: the writer's temporaries (argmax, quantisation) scale with rows x width.
-WRITE_CHUNK_ROWS = 32
+WRITE_CHUNK_ROWS = 16
 #: Share of the progress bar given to tiles; the rest is finalising the outputs.
 _TILES_SHARE = 0.98
 
@@ -301,6 +301,7 @@ def segment_raster(
         resample_to_model_gsd=request.resample_to_model_gsd,
         extent=request.extent,
         mask_geometries=request.mask_geometries,
+        mirror_depth_px=edge_context_px(spec),
     ) as source:
         if not source.georeferenced:
             _say(reporter, f"'{request.input_path}' has no georeference; segmenting its pixel grid.", logging.WARNING)

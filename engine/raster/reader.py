@@ -36,9 +36,12 @@ logger = logging.getLogger(__name__)
 
 #: Relative GSD difference above which tiles are resampled to the model's resolution.
 GSD_TOLERANCE = 0.05
-#: How the part of a tile outside the processing grid is filled: ``"reflect"`` mirrors the imagery at the raster's
-#: edge (the model sees a plausible continuation, as it would further inside a larger image); ``"mean"`` (before
-#: issue 13) filled it with the band means, a flat grey block that changes the model's answer near the edge.
+#: How the part of a tile outside the processing grid is filled: ``"reflect"`` mirrors the raster's own pixels
+#: about its edge, up to ``mirror_depth_px`` beyond it (the reach of the tile grid, half the overlap), and band means
+#: further out, where tiles of the last row or column reach; ``"mean"`` (before issue 13) filled all of it with the
+#: band means, a flat grey block right at the edge, which made the answers there depend on where the tiles fell.
+#: Mirroring without a limit cost the default model 1.9 mIoU points on its test tile (whole tiles of mirror images
+#: look like real structure); limited to the grid's reach it scored within 0.3 points of band means.
 EDGE_PADDING = "reflect"
 #: Put a resampled processing grid on the lattice of the card's GSD in the CRS (exact pixel size, origin on a
 #: multiple of it) instead of stretching ``round(size * factor)`` pixels over the raster's own extent, so two rasters
@@ -72,8 +75,10 @@ class RasterSource:
         band_indexes: tuple[int, ...],
         regions: RegionFilter,
         resample_to_model_gsd: bool,
+        mirror_depth_px: int | None = None,
     ) -> None:
         self.path = Path(dataset.name)
+        self.mirror_depth_px = mirror_depth_px
         self.card = card
         self.band_indexes = band_indexes
         self.input_height: int = dataset.height
@@ -110,6 +115,7 @@ class RasterSource:
         resample_to_model_gsd: bool = True,
         extent: tuple[float, float, float, float] | None = None,
         mask_geometries: Sequence[Mapping[str, Any]] | None = None,
+        mirror_depth_px: int | None = None,
     ) -> RasterSource:
         """Open a raster for the model described by ``card``.
 
@@ -121,6 +127,8 @@ class RasterSource:
             resample_to_model_gsd: Read on a grid at the card's ``gsd_m`` when the raster's differs.
             extent: ``(xmin, ymin, xmax, ymax)`` in the raster's CRS; pixels outside are invalid.
             mask_geometries: GeoJSON polygon geometries in the raster's CRS; pixels outside all of them are invalid.
+            mirror_depth_px: How far beyond the raster's edge tiles mirror it (:data:`EDGE_PADDING` ``"reflect"``);
+                band means further out. None: no limit. The pipeline uses half the overlap, the reach of its grid.
 
         Raises:
             InvalidRasterError: If the file is missing or unreadable, or its bands do not fit the model.
@@ -144,7 +152,7 @@ class RasterSource:
             band_indexes = match_bands(layout, card, bands, raster_name=f"'{path.name}'")
             regions = RegionFilter.create(extent, mask_geometries, dataset.bounds)
             _warn_about_input(dataset, card, band_indexes)
-            return cls(dataset, card, band_indexes, regions, resample_to_model_gsd)
+            return cls(dataset, card, band_indexes, regions, resample_to_model_gsd, mirror_depth_px)
         except BaseException:
             dataset.close()
             raise
@@ -184,6 +192,10 @@ class RasterSource:
         inside_rows = source_rows == np.arange(row_off, row_off + rows)
         inside_cols = source_cols == np.arange(col_off, col_off + cols)
         valid = box_valid[take] & inside_rows[:, None] & inside_cols[None, :]
+        if self.mirror_depth_px is not None:
+            far = beyond_mirror_depth(row_off, rows, self.height, col_off, cols, self.width, self.mirror_depth_px)
+            if far.any():
+                tile[:, far] = 0.0  # the band mean
         return tile, valid
 
     def _read_normalised(self, window: Window) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
@@ -328,6 +340,18 @@ def mirror_indices(start: int, count: int, length: int) -> NDArray[np.intp]:
     index %= period
     mirrored: NDArray[np.intp] = np.where(index >= length, period - index, index)
     return mirrored
+
+
+def beyond_mirror_depth(
+    row_off: int, rows: int, height: int, col_off: int, cols: int, width: int, depth_px: int
+) -> NDArray[np.bool_]:
+    """(rows, cols) mask of a window's pixels more than ``depth_px`` outside a ``height`` x ``width`` grid."""
+    r = np.arange(row_off, row_off + rows)
+    c = np.arange(col_off, col_off + cols)
+    out_r = np.maximum(np.maximum(-r, r - (height - 1)), 0)
+    out_c = np.maximum(np.maximum(-c, c - (width - 1)), 0)
+    far: NDArray[np.bool_] = np.maximum(out_r[:, None], out_c[None, :]) > depth_px
+    return far
 
 
 def _is_georeferenced(dataset: DatasetReader) -> bool:

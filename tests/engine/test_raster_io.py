@@ -366,3 +366,27 @@ def test_mirror_indices_are_numpy_reflect_padding_of_the_whole_axis(start: int, 
     pad = 200
     padded = np.pad(np.arange(length), pad, mode="reflect") if length > 1 else np.zeros(length + 2 * pad, int)
     np.testing.assert_array_equal(mirror_indices(start, count, length), padded[pad + start : pad + start + count])
+
+
+def test_mirroring_stops_at_the_mirror_depth_and_band_means_follow(make_geotiff: MakeGeoTiff) -> None:
+    raw = random_bands(3, seed=14)
+    path = make_geotiff(raw, photometric="RGB")
+    with RasterSource.open(path, make_tiny_card(), mirror_depth_px=3) as source:
+        tile, valid = source.read_tile(Window(26, 18, 12, 12))  # 6 px past the right and bottom edges
+    expected = expected_rgb(
+        raw[:, [*range(18, 24), 22, 21, 20, 19, 18, 17]][:, :, [*range(26, 32), 30, 29, 28, 27, 26, 25]]
+    )
+    near = np.zeros((12, 12), dtype=bool)
+    near[:9, :9] = True  # inside, or at most 3 px outside in both directions
+    np.testing.assert_allclose(tile[:, near], expected[:, near], atol=1e-5)
+    assert np.all(tile[:, ~near] == 0.0)  # further out: the band mean
+    assert valid[:6, :6].all() and not valid[6:, :].any() and not valid[:, 6:].any()
+
+
+def test_in_memory_mirroring_stops_at_the_mirror_depth() -> None:
+    from engine.inference.in_memory import ArrayTileSource
+
+    image = np.arange(1, 1 + 2 * 5 * 6, dtype=np.float32).reshape(2, 5, 6)
+    tile, _ = ArrayTileSource(image, mirror_depth_px=1).read_tile(Window(-3, 0, 6, 5))  # columns -3..2
+    np.testing.assert_array_equal(tile[:, :, 2:], image[:, :, [1, 0, 1, 2]])  # column -1 mirrors column 1
+    assert np.all(tile[:, :, :2] == 0.0)  # columns -3, -2: beyond the depth
