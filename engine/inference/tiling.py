@@ -8,10 +8,11 @@ outside the raster and marks it invalid. Keeping the grid regular (instead of sh
 inside the raster) means every pair of neighbours overlaps by exactly ``O`` pixels, which the blending
 windows in :mod:`engine.inference.stitching` rely on.
 
-The grid may start before the raster's first row and column (:func:`anchored_grid_start`): then its tiles sit on a
-lattice fixed in the raster's CRS, every ``S`` pixels from the CRS origin, so the same ground falls at the same
-place in a tile whatever the raster's extent (two overlapping clips of one image give the same answer where they
-overlap). The tile loop handles that start by extending the grid (see :mod:`engine.inference.pipeline`).
+The segmentation pipeline runs this grid on the raster extended by :func:`grid_margins`: half the overlap beyond
+every edge (:func:`edge_context_px`), so the raster's own edge pixels never sit at a tile's edge, where a model has
+no context. An *anchored* grid starts where a lattice fixed in the CRS says (:func:`anchored_grid_start`: a tile
+origin every ``S`` pixels from the CRS origin), so the same ground falls at the same place in a tile whatever the
+raster's extent (two overlapping clips of one image give the same answer where they overlap).
 
 The *core* of a tile is the part a centre-crop stitcher keeps: half the overlap is cut from each inner side
 (none from a side on the raster border). Cores partition the raster: every pixel lies in exactly one core.
