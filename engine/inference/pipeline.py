@@ -315,11 +315,11 @@ def segment_raster(
         model_sha256 = model.sha256
         tags = provenance_tags(request, card, model_sha256, spec, batch_size, backend)
         margins = grid_margins(spec, request.tile_grid, source.processing_transform if source.georeferenced else None)
-        # On a CPU run the cores belong to the model: compression stays on the write-behind thread alone.
-        threads = ALL_CPUS if backend.device == "cuda" else 1
+        # GDAL compresses in worker threads on every device: keeping it to the write-behind thread on a CPU run
+        # (so as not to compete with the model's threads) made runs slower, not faster (docs/engine.md).
         with SegmentationWriter(
             source, Path(request.output_path), request.heatmaps_path, card, tags, cog=request.cog,
-            heatmap_dtype=request.heatmap_dtype, compression_threads=threads,
+            heatmap_dtype=request.heatmap_dtype, compression_threads=ALL_CPUS,
         ) as writer:  # fmt: skip
             # The writer counts the classes it writes on the input grid: the one place pixels are counted.
             with WriteBehind(writer) as rows_out:

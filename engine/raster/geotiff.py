@@ -39,8 +39,7 @@ _COMMON_PROFILE: dict[str, Any] = {
     "compress": "deflate",
     "bigtiff": "IF_SAFER",
 }
-#: GDAL compression threads when the model runs on a GPU: compression is then the writer's main cost and the CPU
-#: cores are free. On a CPU run the cores belong to the model: compression stays on the write-behind thread.
+#: GDAL compression threads (``NUM_THREADS``) for every core: compression is the writer's main cost.
 ALL_CPUS = "ALL_CPUS"
 #: DEFLATE level of the heatmaps (with the horizontal predictor).
 HEATMAP_ZLEVEL = 1
