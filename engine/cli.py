@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument(
         "--preset", choices=PRESETS, default="fast",
         help="fast (default): the card's overlap, no TTA; quality: half-tile overlap, flip TTA and the anchored "
-        "grid (about 5x the model work); explicit options win",
+        "grid (6-9x the model calls); explicit options win",
     )  # fmt: skip
     segment.add_argument(
         "--heatmap-dtype", choices=HEATMAP_DTYPES, default="uint16",

@@ -4,8 +4,8 @@
   top-left pixel: one model call per tile.
 * ``"quality"``: half the tile as overlap (every pixel seen by more tiles, far from their borders), flip
   test-time augmentation (identity, horizontal and vertical flip averaged) and the anchored tile grid (results do
-  not depend on where the raster starts). About 3 x 1.7 = 5x the model work of ``"fast"`` at the same tile size;
-  ``docs/engine.md`` gives its measured gain and cost.
+  not depend on where the raster starts). Three views of about 2-3x the tiles: 6.7-8.6x the model calls of
+  ``"fast"`` on the shift-stability benchmark's image; ``docs/engine.md`` gives its measured gain and cost.
 
 An explicit option always wins over the preset: presets only fill what is left at its default.
 """
