@@ -33,7 +33,9 @@ from engine.cli import GDAL_CACHE_MB
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _child_run(folder: Path, size: int, tile: int, overlap: int, heatmaps: bool) -> dict[str, Any]:
+def _child_run(
+    folder: Path, size: int, tile: int, overlap: int, heatmaps: bool, heatmap_dtype: str = "uint16"
+) -> dict[str, Any]:
     """Inside the subprocess: segment the raster and report peak RSS."""
     from engine.cli import main as cli_main
     from engine.model_card import read_card
@@ -46,7 +48,7 @@ def _child_run(folder: Path, size: int, tile: int, overlap: int, heatmaps: bool)
         "--tile-size", str(tile), "--overlap", str(overlap),
     ]  # fmt: skip
     if heatmaps:
-        argv += ["--heatmaps", str(folder / "heat.tif")]
+        argv += ["--heatmaps", str(folder / "heat.tif"), "--heatmap-dtype", heatmap_dtype]
     started = time.perf_counter()
     summary = io.StringIO()
     code = cli_main(argv, stdout=summary, stderr=io.StringIO())
@@ -76,6 +78,8 @@ def _python(*args: str) -> subprocess.CompletedProcess[str]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     variants = {"classes": [], "classes_heatmaps": ["--heatmaps"]}
+    if args.uint8:
+        variants["classes_heatmaps_uint8"] = ["--heatmaps", "--heatmap-dtype", "uint8"]
     if args.no_heatmaps:
         del variants["classes_heatmaps"]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
@@ -120,6 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--heatmaps", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--heatmap-dtype", default="uint16", help=argparse.SUPPRESS)
+    parser.add_argument("--uint8", action="store_true", help="also measure UInt8 heatmaps")
     args = parser.parse_args(argv)
     args.argv = argv
     if args.make_raster:
@@ -127,11 +133,12 @@ def main(argv: list[str] | None = None) -> None:
         export_pointwise_model(args.folder, args.tile, args.overlap)
         return
     if args.child:
-        print(json.dumps(_child_run(args.folder, args.child, args.tile, args.overlap, args.heatmaps)))
+        row = _child_run(args.folder, args.child, args.tile, args.overlap, args.heatmaps, args.heatmap_dtype)
+        print(json.dumps(row))
         return
     if args.quick:
         args.sizes = [1024, 2048, 4096]
-    save_results("engine_memory" + ("_quick" if args.quick else ""), run(args), args.out)
+    save_results(f"engine_memory_tile{args.tile}" + ("_quick" if args.quick else ""), run(args), args.out)
 
 
 if __name__ == "__main__":

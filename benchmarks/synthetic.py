@@ -96,6 +96,53 @@ def export_pointwise_model(folder: Path, tile_px: int, overlap_px: int) -> tuple
     return path, card
 
 
+#: Widths of the probe U-Net: 0.58 M parameters and 13.3 GFLOP per 512 px tile, like the issue's Deepness probe.
+PROBE_UNET_WIDTHS = (13, 26, 52, 72, 104)
+
+
+def export_probe_unet(folder: Path, tile_px: int, overlap_px: int) -> tuple[Path, ModelCard, dict[str, float]]:
+    """A Deepness-style probe U-Net (random weights, softmax output, fixed input, 0.5 m card) as ONNX.
+
+    Returns:
+        The ONNX path, its card and ``{"parameters": ..., "gflop_per_tile": ...}`` (multiply-adds count 2 FLOP).
+    """
+    import torch
+
+    from benchmarks.reference_unet import UNet
+    from benchmarks.shift_unet import export_softmax_model
+
+    torch.manual_seed(0)
+    net = UNet(len(CLASSES), widths=PROBE_UNET_WIDTHS).eval()
+    card = benchmark_card("external", tile_px, overlap_px, tile_px).replace(
+        name="benchmark probe U-Net", gsd_m=0.5, output_activation="probabilities"
+    )
+    path = export_softmax_model(net, card, folder / "probe_unet.onnx")
+    return path, card, {"parameters": float(sum(p.numel() for p in net.parameters())),
+                        "gflop_per_tile": conv_gflop(net, len(card.input_bands), tile_px)}  # fmt: skip
+
+
+def conv_gflop(net: Any, bands: int, tile_px: int) -> float:
+    """FLOP (2 per multiply-add) of the convolutions of ``net`` on one (1, bands, tile, tile) input, in GFLOP."""
+    import torch
+    from torch import nn
+
+    macs = [0]
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        if isinstance(module, nn.ConvTranspose2d):
+            macs[0] += inputs[0].numel() * module.out_channels * module.kernel_size[0] * module.kernel_size[1]
+        elif isinstance(module, nn.Conv2d):
+            kernel = module.kernel_size[0] * module.kernel_size[1]
+            macs[0] += output.numel() * module.in_channels * kernel // module.groups
+
+    handles = [m.register_forward_hook(hook) for m in net.modules()]
+    with torch.no_grad():
+        net(torch.zeros(1, bands, tile_px, tile_px))
+    for handle in handles:
+        handle.remove()
+    return 2.0 * macs[0] / 1e9
+
+
 def machine_info() -> dict[str, Any]:
     """What the numbers were measured on."""
     import onnxruntime

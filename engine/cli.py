@@ -29,10 +29,13 @@ from rasterio.errors import NotGeoreferencedWarning
 
 from . import __version__
 from .errors import BiCoRSegError, CanceledError, InvalidInputError, OutOfMemoryError
+from .inference.presets import PRESETS
 from .inference.stitching import stitching_names
+from .inference.tiling import TILE_GRIDS
 from .inference.tta import TTA_MODES
 from .option_names import for_command_line
 from .raster.gdal_cache import GDAL_CACHE_MB
+from .raster.heatmaps import HEATMAP_DTYPES
 from .raster.value_scaling import VALUE_SCALINGS
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "build_parser", "main"]
@@ -150,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     segment.add_argument("--stitching", choices=stitching_names(), default="gaussian", help="tile blending")
     segment.add_argument(
-        "--tta", choices=TTA_MODES, default="none", help="test-time augmentation: flip (3x work) or d4 (8x)"
+        "--tta", choices=TTA_MODES, default=None, help="test-time augmentation: flip (3x work) or d4 (8x); default none"
     )
     segment.add_argument(
         "--no-resample",
@@ -164,6 +167,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="how raw values map to the model's range: card (its input_value_range, default), minmax or "
         "percentile (each band's own min-max or 2-98 %% range: for 16-bit, float or signed imagery)",
     )
+    segment.add_argument(
+        "--tile-grid", choices=TILE_GRIDS, default=None,
+        help="raster: tiles from the raster's corner (default); anchored: tiles fixed in the CRS, so overlapping "
+        "clips of one image get the same classes",
+    )  # fmt: skip
+    segment.add_argument(
+        "--preset", choices=PRESETS, default="fast",
+        help="fast (default): the card's overlap, no TTA; quality: half-tile overlap, flip TTA and the anchored "
+        "grid (6-9x the model calls); explicit options win",
+    )  # fmt: skip
+    segment.add_argument(
+        "--heatmap-dtype", choices=HEATMAP_DTYPES, default="uint16",
+        help="heatmap storage: uint16 (steps of 1e-4, default) or uint8 (steps of 0.004, half the size)",
+    )  # fmt: skip
     segment.add_argument("--cog", action="store_true", help="write Cloud Optimized GeoTIFFs")
     segment.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads for the backend")
     cluster = segment.add_mutually_exclusive_group()
@@ -340,8 +357,17 @@ def _engine_messages_to(err: TextIO, verbose: bool) -> Iterator[None]:
 
 def _segment(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .inference.pipeline import SegmentationRequest, segment_raster
+    from .inference.presets import preset_options
+    from .model_file import ModelFile
     from .progress import TqdmProgress
 
+    model = None
+    preset: dict[str, Any] = {}
+    if args.preset != "fast":  # a preset's overlap follows the model's tile size: read its card once
+        model = ModelFile.open(args.model)
+        preset = preset_options(args.preset, model.card, args.tile_size)
+    explicit = {"overlap_px": args.overlap, "tta": args.tta, "tile_grid": args.tile_grid}
+    options = {"tta": "none", "tile_grid": "raster"} | preset | {k: v for k, v in explicit.items() if v is not None}
     request = SegmentationRequest(
         input_path=args.input,
         output_path=args.output,
@@ -351,26 +377,26 @@ def _segment(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         backend=args.backend,
         bands=args.bands,
         tile_size_px=args.tile_size,
-        overlap_px=args.overlap,
         batch_size=args.batch_size,
         extent=args.extent,
         resample_to_model_gsd=not args.no_resample,
         value_scaling=args.value_scaling,
         stitching=args.stitching,
-        tta=args.tta,
         cog=args.cog,
+        heatmap_dtype=args.heatmap_dtype,
         num_threads=args.threads,
         hbis_heatmaps_path=args.hbis_heatmaps,
         hbis_layer=args.hbis_layer,
         vector_path=args.vector,
         min_area_m2=args.min_area,
+        **options,
     )
     distributed: dict[str, Any] | None = None
     with TqdmProgress(description=args.input.name, stream=err, disable=args.quiet) as progress:
         if args.workers is None and args.scheduler is None:
             if args.super_tile is not None or args.upload_model:
                 raise InvalidInputError("--super-tile and --upload-model need --workers N or --scheduler ADDRESS.")
-            result = segment_raster(request, progress=progress)
+            result = segment_raster(request, progress=progress, model=model)
         else:
             result, distributed = _segment_on_dask(args, request, progress)
     summary = {

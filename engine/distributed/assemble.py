@@ -39,6 +39,7 @@ def assemble_parts(
     tags: Mapping[str, str],
     cog: bool = False,
     on_rows: Callable[[int], None] | None = None,
+    heatmap_dtype: str = "uint16",
 ) -> tuple[int, ...]:
     """Write the outputs of a distributed run from its parts and move them into place.
 
@@ -52,6 +53,7 @@ def assemble_parts(
         tags: Provenance tags of the outputs.
         cog: Write Cloud-Optimised GeoTIFFs (with overviews).
         on_rows: Called with the number of rows after each block row (progress; may raise to cancel).
+        heatmap_dtype: The heatmaps' storage, as the parts were written (``uint16`` or ``uint8``).
 
     Returns:
         Pixels per class on the input grid.
@@ -62,7 +64,9 @@ def assemble_parts(
     rows_of_plan: dict[int, list[SuperTile]] = {}
     for tile in plan:
         rows_of_plan.setdefault(tile.grid_row, []).append(tile)
-    with SegmentationWriter(source, output_path, heatmaps_path, card, tags, cog=cog) as writer:
+    with SegmentationWriter(
+        source, output_path, heatmaps_path, card, tags, cog=cog, heatmap_dtype=heatmap_dtype
+    ) as writer:
         for row_tiles in (sorted(r, key=lambda t: t.col_off_px) for _, r in sorted(rows_of_plan.items())):
             with ExitStack() as stack:
                 opened = [
@@ -74,7 +78,7 @@ def assemble_parts(
                     classes = np.empty((rows, source.width), dtype=np.uint8)
                     heat = None
                     if heatmaps_path is not None:
-                        heat = np.empty((card.num_classes, rows, source.width), dtype=np.uint16)
+                        heat = np.empty((card.num_classes, rows, source.width), dtype=heatmap_dtype)
                     for tile, classes_ds, heat_ds in opened:
                         window = Window(0, local, tile.width_px, rows)
                         columns = slice(tile.col_off_px, tile.col_off_px + tile.width_px)

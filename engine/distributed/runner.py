@@ -329,8 +329,9 @@ def segment_distributed(
                 reporter.set_progress(_TASKS_SHARE + (1 - _TASKS_SHARE) * 0.99 * rows_done[0] / source.height)
 
             counts = assemble_parts(
-                source, plan, parts, output, request.heatmaps_path, card, tags, cog=request.cog, on_rows=on_rows
-            )
+                source, plan, parts, output, request.heatmaps_path, card, tags, cog=request.cog, on_rows=on_rows,
+                heatmap_dtype=request.heatmap_dtype,
+            )  # fmt: skip
             assemble_s = time.perf_counter() - assembling
     reporter.set_progress(1.0)
     elapsed = time.perf_counter() - started

@@ -33,9 +33,9 @@ from .. import __version__
 from ..backends import load_backend
 from ..backends.threads import physical_core_count
 from ..errors import BiCoRSegError, CanceledError, DistributedRunError, ModelLoadError
-from ..inference.pipeline import open_request_raster, stitch_raster
+from ..inference.pipeline import open_request_raster, request_margins, stitch_raster
 from ..inference.request import SegmentationRequest
-from ..inference.tiling import TilingSpec
+from ..inference.tiling import TilingSpec, edge_context_px
 from ..inference.tta import Predictor, make_predictor
 from ..model_file import ModelFile
 from ..raster.reader import RasterSource
@@ -322,8 +322,12 @@ def _run_super_tile(job: SuperTileJob) -> PartResult:
         if not parts.is_dir():  # canceled while the model loaded: the writer would create the folder again
             raise CanceledError("The distributed run was canceled; its parts folder is gone.")
         grid = _WindowGrid(source, window)
+        source.mirror_depth_px = edge_context_px(job.spec)  # the same grid and reads as a single-process run
         tags = {"part_of_run": job.run_id, "super_tile": str(job.index)}
-        with SegmentationWriter(grid, classes_path, heatmaps_path, card, tags, require_valid_pixels=False) as writer:
+        with SegmentationWriter(
+            grid, classes_path, heatmaps_path, card, tags, require_valid_pixels=False,
+            heatmap_dtype=request.heatmap_dtype,
+        ) as writer:  # fmt: skip
             with WriteBehind(writer) as rows_out:
                 stats = stitch_raster(
                     source,
@@ -335,6 +339,7 @@ def _run_super_tile(job: SuperTileJob) -> PartResult:
                     batch_size=job.batch_size,
                     progress=progress,
                     region=window,
+                    margins_px=request_margins(request, job.spec, source),
                 )
             if progress.is_canceled():
                 raise CanceledError("The distributed run was canceled; its parts folder is gone.")

@@ -12,11 +12,12 @@ from ..backends.hbis import LAST_HBIS_LAYER
 from ..errors import InvalidInputError, ModelLoadError
 from ..model_card import ModelCard
 from ..option_names import CLI_OPTION_NAMES, OptionNames
+from ..raster.heatmaps import HEATMAP_DTYPES, HeatmapDtype
 from ..raster.output_paths import check_output_paths as check_raster_outputs
 from ..raster.value_scaling import ValueScaling, check_value_scaling
 from ..raster.vectorize import VectorOutput, check_vector_output
 from .stitching import STITCHING_STRATEGIES, stitching_names
-from .tiling import TilingSpec
+from .tiling import TILE_GRIDS, TileGrid, TilingSpec
 from .tta import TTA_MODES, TtaMode
 
 __all__ = [
@@ -51,7 +52,11 @@ class SegmentationRequest:
             ``percentile`` (each band's own range; see :mod:`engine.raster.value_scaling`).
         stitching: A name from :data:`engine.inference.stitching.STITCHING_STRATEGIES`.
         tta: A name from :data:`engine.inference.tta.TTA_MODES` (``"flip"`` is 3x the model work, ``"d4"`` 8x).
+        tile_grid: ``"raster"`` (tiles start at the raster's top-left pixel) or ``"anchored"`` (tiles on a lattice
+            fixed in the CRS, so overlapping clips of one image agree; up to one more tile row and column).
         cog: Write Cloud Optimized GeoTIFFs.
+        heatmap_dtype: Heatmap storage: ``"uint16"`` (probabilities in steps of 1e-4) or ``"uint8"`` (steps of
+            0.004: half the bytes, and less work to write).
         num_threads: CPU threads for the backend; None = the backend's default.
         option_names: How the front end spells the options that messages advise (command-line flags by default;
             the QGIS plugin passes its Processing parameter names).
@@ -77,7 +82,9 @@ class SegmentationRequest:
     value_scaling: ValueScaling = "card"
     stitching: str = "gaussian"
     tta: TtaMode = "none"
+    tile_grid: TileGrid = "raster"
     cog: bool = False
+    heatmap_dtype: HeatmapDtype = "uint16"
     num_threads: int | None = None
     option_names: OptionNames = CLI_OPTION_NAMES
     hbis_heatmaps_path: Path | None = None
@@ -96,6 +103,12 @@ class SegmentationRequest:
                 f"Unknown test-time augmentation '{self.tta}'; choose one of: {', '.join(TTA_MODES)}."
             )
         check_value_scaling(self.value_scaling)
+        if self.tile_grid not in TILE_GRIDS:
+            raise InvalidInputError(f"Unknown tile grid '{self.tile_grid}'; choose one of: {', '.join(TILE_GRIDS)}.")
+        if self.heatmap_dtype not in HEATMAP_DTYPES:
+            raise InvalidInputError(
+                f"Unknown heatmap data type '{self.heatmap_dtype}'; choose one of: {', '.join(HEATMAP_DTYPES)}."
+            )
         if self.batch_size is not None and self.batch_size < 1:
             raise InvalidInputError(f"Batch size must be at least 1, got {self.batch_size}.")
         if self.num_threads is not None and self.num_threads < 1:

@@ -5,13 +5,20 @@ tile counts. The 2-D tile weight is the outer product of the row and column prof
 argmax labels) are accumulated as ``sum(w * p)`` and ``sum(w)`` and divided at the end, so any positive
 weights give a weighted mean and a constant input stays constant.
 
+A model's answer near a tile's edge is made without the context beyond it (the tile ends there; inside the model
+it is zero padding), so it depends on where the tile grid falls. Every strategy therefore gives weight 0 to the
+outer quarter of the overlap on each side a tile shares with a neighbour (:func:`blind_margin_px`): those pixels
+always lie deeper inside the neighbour, which answers for them. A translation-equivariant model whose receptive
+field reaches no further than that margin gets exactly the same result wherever the tiles fall. Sides on the
+raster border keep their weight (no neighbour covers them).
+
 Strategies, chosen by name from :data:`STITCHING_STRATEGIES`:
 
 * ``"gaussian"``: a Gaussian bump centred on the tile (sigma = tile / 8, as in MONAI), clamped to at least
-  ``1e-3`` so the raster's edge pixels, seen by a single tile, still get weight.
-* ``"cosine"``: weight 1 in the tile's interior and a raised-cosine ramp across the overlap, sampled at pixel
-  centres, so two neighbours' ramps add up to exactly 1 (a partition of unity). Sides on the raster border
-  are not ramped. Never exactly 0.
+  ``1e-3`` so the raster's edge pixels, seen by a single tile, still get weight; 0 on the blind margins.
+* ``"cosine"``: weight 1 in the tile's interior and a raised-cosine ramp across the middle half of the overlap,
+  sampled at pixel centres, so two neighbours' ramps add up to exactly 1 (a partition of unity); 0 on the blind
+  margins. Sides on the raster border are not ramped.
 * ``"center_crop"``: weight 1 on the tile's core (see :func:`engine.inference.tiling.core_window`), 0 elsewhere; every
   pixel comes from exactly one tile (cheapest, deterministic, may show seams with too small an overlap).
 
@@ -39,6 +46,7 @@ __all__ = [
     "RowSink",
     "StripAccumulator",
     "WeightProfile",
+    "blind_margin_px",
     "center_crop_profile",
     "cosine_profile",
     "gaussian_profile",
@@ -53,29 +61,47 @@ RowSink = Callable[[int, NDArray[np.float32], NDArray[np.bool_]], None]
 
 _GAUSSIAN_SIGMA_FRACTION = 0.125
 _GAUSSIAN_FLOOR = 1e-3
+#: Share of the overlap, on each inner side of a tile, whose pixels get no weight from that tile.
+BLIND_MARGIN_FRACTION = 0.25
+
+
+def blind_margin_px(spec: TilingSpec) -> int:
+    """Pixels along each inner side of a tile that get weight 0: a quarter of the overlap, rounded down."""
+    return int(spec.overlap_px * BLIND_MARGIN_FRACTION)
 
 
 def gaussian_profile(spec: TilingSpec, at_start: bool, at_end: bool) -> NDArray[np.float32]:
-    """Gaussian weights centred on the tile, sigma = tile / 8, floored at 1e-3 (never 0)."""
+    """Gaussian weights centred on the tile, sigma = tile / 8, floored at 1e-3; 0 on the inner blind margins."""
     size = spec.tile_size_px
     sigma = max(_GAUSSIAN_SIGMA_FRACTION * size, 1.0)
     centres = np.arange(size, dtype=np.float64) + 0.5 - size / 2.0
-    profile = np.exp(-0.5 * (centres / sigma) ** 2)
-    floored: NDArray[np.float32] = np.maximum(profile, _GAUSSIAN_FLOOR).astype(np.float32)
-    return floored
+    profile = np.maximum(np.exp(-0.5 * (centres / sigma) ** 2), _GAUSSIAN_FLOOR)
+    margin = blind_margin_px(spec)
+    if margin:
+        if not at_start:
+            profile[:margin] = 0.0
+        if not at_end:
+            profile[size - margin :] = 0.0
+    result: NDArray[np.float32] = profile.astype(np.float32)
+    return result
 
 
 def cosine_profile(spec: TilingSpec, at_start: bool, at_end: bool) -> NDArray[np.float32]:
-    """Raised-cosine ramps over the overlap on inner sides, 1 elsewhere.
+    """Raised-cosine ramps over the middle of the overlap on inner sides, 0 on the blind margins, 1 elsewhere.
 
-    The rising ramp is ``sin^2(pi (k + 0.5) / (2 O))`` for ``k = 0 .. O-1``; the falling ramp of the
-    neighbour over the same pixels is ``cos^2`` of the same angle, so the two add up to exactly 1.
+    With blind margin ``m`` and ramp length ``L = O - 2m``, the rising ramp is 0 for ``k < m``,
+    ``sin^2(pi (k - m + 0.5) / (2 L))`` for ``m <= k < O - m`` and 1 beyond; the falling ramp of the neighbour over
+    the same pixels is its mirror image, ``cos^2`` of the same angle, so the two add up to exactly 1.
     """
     size, overlap = spec.tile_size_px, spec.overlap_px
     profile = np.ones(size, dtype=np.float64)
     if overlap > 0:
-        angles = np.pi * (np.arange(overlap, dtype=np.float64) + 0.5) / (2.0 * overlap)
-        rising = np.sin(angles) ** 2
+        margin = blind_margin_px(spec)
+        length = overlap - 2 * margin
+        rising = np.ones(overlap, dtype=np.float64)
+        rising[:margin] = 0.0
+        angles = np.pi * (np.arange(length, dtype=np.float64) + 0.5) / (2.0 * length)
+        rising[margin : margin + length] = np.sin(angles) ** 2
         if not at_start:
             profile[:overlap] *= rising
         if not at_end:
@@ -188,6 +214,8 @@ class StripAccumulator:
         self._weight = np.zeros((rows, self._cols), dtype=np.float32)
         # Raster row held in buffer row 0 (= origin of the current tile row): the first tile row meeting the region.
         self._top = next(o for o in axis_offsets(height, spec) if o + spec.tile_size_px > self._row0)
+        tile = spec.tile_size_px
+        self._scratch = np.empty((num_classes, min(tile, rows), min(tile, self._cols)), dtype=np.float32)
 
     @property
     def top_row(self) -> int:
@@ -196,8 +224,8 @@ class StripAccumulator:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the strip buffers."""
-        return self._sum.nbytes + self._weight.nbytes
+        """Bytes held by the strip buffers (and the one-tile scratch buffer)."""
+        return self._sum.nbytes + self._weight.nbytes + self._scratch.nbytes
 
     def add(self, window: Window, probs: NDArray[np.float32], valid: NDArray[np.bool_]) -> None:
         """Accumulate one tile of the current tile row.
@@ -219,9 +247,13 @@ class StripAccumulator:
             return  # the tile does not reach the region's columns
         # Invalid pixels get no weight: they add nothing, and a pixel no tile saw as valid stays at weight 0.
         weights = tile_weights(self.strategy, self.spec, window, self.height, self.width)[:rows, first:stop]
-        weights = weights * valid[:rows, first:stop]
+        tile_valid = valid[:rows, first:stop]
+        if not tile_valid.all():
+            weights = weights * tile_valid
         target = np.s_[:rows, col_off + first - self._col0 : col_off + stop - self._col0]
-        self._sum[(slice(None), *target)] += probs[:, :rows, first:stop] * weights
+        # Weighted into a reused buffer: a fresh (K, T, T) temporary per tile costs page faults at every tile.
+        weighted = np.multiply(probs[:, :rows, first:stop], weights, out=self._scratch[:, :rows, : stop - first])
+        self._sum[(slice(None), *target)] += weighted
         self._weight[target] += weights
 
     def finish_tile_row(self, sink: RowSink, max_rows: int = 256) -> int:
@@ -246,11 +278,13 @@ class StripAccumulator:
         if last > first:
             weight = self._weight[first:last]
             valid = weight > 0
-            # Pixels with no weight have a zero sum too, so dividing by a tiny floor leaves them at 0.
-            self._sum[:, first:last] /= np.maximum(weight, np.float32(1e-30))
             for start in range(first, last, max_rows):
                 stop = min(start + max_rows, last)
-                sink(self._top + start, self._sum[:, start:stop], valid[start - first : stop - first])
+                # Pixels with no weight have a zero sum too, so dividing by a tiny floor leaves them at 0. Dividing
+                # chunk by chunk keeps the chunk in the CPU cache for the sink, which reads it next.
+                chunk = self._sum[:, start:stop]
+                np.divide(chunk, np.maximum(weight[start - first : stop - first], np.float32(1e-30)), out=chunk)
+                sink(self._top + start, chunk, valid[start - first : stop - first])
         carried = rows_in_use - done
         for plane in (self._sum, self._weight):
             plane[..., :carried, :] = plane[..., done : done + carried, :]

@@ -8,6 +8,12 @@ outside the raster and marks it invalid. Keeping the grid regular (instead of sh
 inside the raster) means every pair of neighbours overlaps by exactly ``O`` pixels, which the blending
 windows in :mod:`engine.inference.stitching` rely on.
 
+The segmentation pipeline runs this grid on the raster extended by :func:`grid_margins`: half the overlap beyond
+every edge (:func:`edge_context_px`), so the raster's own edge pixels never sit at a tile's edge, where a model has
+no context. An *anchored* grid starts where a lattice fixed in the CRS says (:func:`anchored_grid_start`: a tile
+origin every ``S`` pixels from the CRS origin), so the same ground falls at the same place in a tile whatever the
+raster's extent (two overlapping clips of one image give the same answer where they overlap).
+
 The *core* of a tile is the part a centre-crop stitcher keeps: half the overlap is cut from each inner side
 (none from a side on the raster border). Cores partition the raster: every pixel lies in exactly one core.
 """
@@ -17,15 +23,26 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal, get_args
 
+from affine import Affine
 from rasterio.windows import Window
 
 from ..errors import InvalidInputError
 
+TileGrid = Literal["raster", "anchored"]
+#: ``raster``: tiles start at the raster's top-left pixel; ``anchored``: tiles on a lattice fixed in the CRS.
+TILE_GRIDS: tuple[str, ...] = get_args(TileGrid)
+
 __all__ = [
+    "TILE_GRIDS",
+    "TileGrid",
     "TilingSpec",
+    "anchored_grid_start",
     "axis_offsets",
     "core_window",
+    "edge_context_px",
+    "grid_margins",
     "iter_tile_rows",
     "iter_tile_windows",
     "tile_count",
@@ -98,6 +115,53 @@ def window_offsets(length_px: int, window_px: int, stride_px: int) -> list[int]:
         return [0]
     count = math.ceil((length_px - window_px) / stride_px) + 1
     return [i * stride_px for i in range(count)]
+
+
+def anchored_grid_start(transform: Affine, spec: TilingSpec) -> tuple[int, int]:
+    """Rows and columns by which an anchored tile grid starts before a raster's first row and column.
+
+    The lattice has a tile origin every ``stride_px`` pixels counted from the CRS origin along the raster's own
+    pixel axes, so rasters of the same imagery (same pixel size, pixels aligned) share their tile windows. Each
+    value is in ``[0, stride_px)``. A rotated or sheared grid, or one without georeference (identity transform),
+    starts at the raster itself: ``(0, 0)``.
+    """
+    if not _has_lattice(transform):
+        return 0, 0
+    # The raster's first pixel, counted in pixels from the CRS origin (rounded: geotransforms carry float noise).
+    first_col = round(transform.c / transform.a)
+    first_row = round(transform.f / transform.e)
+    return first_row % spec.stride_px, first_col % spec.stride_px
+
+
+def edge_context_px(spec: TilingSpec) -> int:
+    """Pixels of context the tile grid reaches beyond the raster's edges: half the overlap.
+
+    A model's answer at a tile's edge is made without context, so the raster's own edge pixels should not sit there;
+    half the overlap is what a centre-crop stitcher discards at an inner tile side, and what a naive loop pads.
+    """
+    return spec.overlap_px // 2
+
+
+def grid_margins(spec: TilingSpec, tile_grid: str, transform: Affine | None = None) -> tuple[int, int, int, int]:
+    """How far the tile grid reaches beyond the raster: ``(top, left, bottom, right)`` pixels, read boundless.
+
+    The grid starts before the first row and column and ends after the last ones by at least
+    :func:`edge_context_px`; an ``"anchored"`` grid starts where the CRS lattice of :func:`anchored_grid_start`
+    says (one stride earlier if that leaves less context). ``transform`` is the raster's (processing) grid; without
+    it, or without georeference, an anchored grid falls back to the raster's own corner.
+    """
+    context = edge_context_px(spec)
+    top = left = context
+    if tile_grid == "anchored" and transform is not None and _has_lattice(transform):
+        top, left = (p + spec.stride_px if p < context else p for p in anchored_grid_start(transform, spec))
+    return top, left, context, context
+
+
+def _has_lattice(transform: Affine) -> bool:
+    """Whether a grid is georeferenced, north-up and unrotated, so its pixels lie on a CRS lattice."""
+    return (
+        transform != Affine.identity() and transform.b == 0 and transform.d == 0 and bool(transform.a and transform.e)
+    )
 
 
 def tile_grid_shape(height: int, width: int, spec: TilingSpec) -> tuple[int, int]:

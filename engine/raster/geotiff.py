@@ -26,7 +26,7 @@ from rasterio.io import DatasetWriter
 from rasterio.windows import Window
 
 from ..model_card import NODATA_CLASS, ModelCard
-from .heatmaps import HEATMAP_NODATA, HEATMAP_SCALE
+from .heatmaps import HeatmapEncoding, heatmap_encoding
 from .write_checks import check_free_space, verify_geotiff, verify_sidecar, write_failure
 
 logger = logging.getLogger(__name__)
@@ -41,9 +41,11 @@ _COMMON_PROFILE: dict[str, Any] = {
     "blockysize": BLOCK_SIZE_PX,
     "compress": "deflate",
     "bigtiff": "IF_SAFER",
-    # Compression runs in GDAL worker threads; it is the writer's main cost at GPU speed.
-    "num_threads": "ALL_CPUS",
 }
+#: GDAL compression threads (``NUM_THREADS``) for every core: compression is the writer's main cost.
+ALL_CPUS = "ALL_CPUS"
+#: DEFLATE level of the probability rasters (with the horizontal predictor).
+HEATMAP_ZLEVEL = 1
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,9 @@ class OutputGrid:
 class GridFiles:
     """The class GeoTIFF of one grid, and its probability GeoTIFFs (heatmaps, HBIS heatmaps), open for writing.
 
-    Both probability rasters follow one convention: K UInt16 bands named after the classes, scale
-    ``1 / HEATMAP_SCALE``, nodata :data:`~engine.raster.heatmaps.HEATMAP_NODATA`.
+    Both probability rasters follow one convention: K bands named after the classes, in the chosen
+    :class:`~engine.raster.heatmaps.HeatmapEncoding` (UInt16, scale ``1 / 10000``, nodata 65535 by default; or
+    UInt8, scale ``1 / 250``, nodata 255).
     """
 
     def __init__(
@@ -79,8 +82,10 @@ class GridFiles:
         num_classes: int,
         hbis: DatasetWriter | None = None,
         shown: Mapping[Path, Path] | None = None,
+        encoding: HeatmapEncoding | None = None,
     ) -> None:
         self.grid = grid
+        self.encoding = encoding if encoding is not None else heatmap_encoding()
         self.classes_path = Path(classes.name)
         self.heatmaps_path = None if heatmaps is None else Path(heatmaps.name)
         self.hbis_path = None if hbis is None else Path(hbis.name)
@@ -95,8 +100,9 @@ class GridFiles:
         self._staged = 0  # rows of it already staged
         rows = min(BLOCK_SIZE_PX, grid.height)
         self._class_stage = np.empty((rows, grid.width), dtype=np.uint8)
-        self._heat_stage = None if heatmaps is None else np.empty((num_classes, rows, grid.width), dtype=np.uint16)
-        self._hbis_stage = None if hbis is None else np.empty((num_classes, rows, grid.width), dtype=np.uint16)
+        stage = (num_classes, rows, grid.width)
+        self._heat_stage = None if heatmaps is None else np.empty(stage, dtype=self.encoding.numpy_dtype)
+        self._hbis_stage = None if hbis is None else np.empty(stage, dtype=self.encoding.numpy_dtype)
 
     @classmethod
     def create(
@@ -109,6 +115,8 @@ class GridFiles:
         hbis_path: Path | None = None,
         hbis_tags: Mapping[str, str] | None = None,
         shown: Mapping[Path, Path] | None = None,
+        encoding: HeatmapEncoding | None = None,
+        compression_threads: int | str = ALL_CPUS,
     ) -> GridFiles:
         """Create the GeoTIFFs (colour table, band descriptions, scales, nodata and tags set up front).
 
@@ -121,7 +129,11 @@ class GridFiles:
             hbis_path: BiCoR-Seg's HBIS heatmaps, or None.
             hbis_tags: Further tags of the HBIS heatmaps (which layer, how normalised).
             shown: Maps each path to the output it becomes, named in errors instead of the temporary's name.
+            encoding: Storage of the probability rasters (UInt16 if None).
+            compression_threads: GDAL compression threads (``NUM_THREADS``): a count or :data:`ALL_CPUS`.
         """
+        encoding = encoding if encoding is not None else heatmap_encoding()
+        profile = _COMMON_PROFILE | {"num_threads": str(compression_threads)}
         georef: dict[str, Any] = {"height": grid.height, "width": grid.width}
         if grid.transform is not None:
             georef["transform"] = grid.transform
@@ -129,24 +141,23 @@ class GridFiles:
             georef["crs"] = grid.crs
         with warnings.catch_warnings():  # a grid without geotransform is meant: rasterio need not warn
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            classes = rasterio.open(
-                classes_path, "w", count=1, dtype="uint8", nodata=NODATA_CLASS, **georef, **_COMMON_PROFILE
-            )
+            classes = rasterio.open(classes_path, "w", count=1, dtype="uint8", nodata=NODATA_CLASS, **georef, **profile)
         heatmaps = hbis = None
         try:
             classes.write_colormap(1, _colormap(card))
             classes.set_band_description(1, "class")
             classes.update_tags(**tags)
             if heatmaps_path is not None:
-                heatmaps = _create_probability_raster(heatmaps_path, georef, card, tags)
+                heatmaps = _create_probability_raster(heatmaps_path, georef, profile, card, tags, encoding)
             if hbis_path is not None:
-                hbis = _create_probability_raster(hbis_path, georef, card, {**tags, **(hbis_tags or {})})
+                hbis_all_tags = {**tags, **(hbis_tags or {})}
+                hbis = _create_probability_raster(hbis_path, georef, profile, card, hbis_all_tags, encoding)
         except BaseException:
             for ds in (classes, heatmaps, hbis):
                 if ds is not None:
                     ds.close()
             raise
-        return cls(grid, classes, heatmaps, card.num_classes, hbis, shown)
+        return cls(grid, classes, heatmaps, card.num_classes, hbis, shown, encoding)
 
     @property
     def class_pixel_counts(self) -> tuple[int, ...]:
@@ -157,8 +168,8 @@ class GridFiles:
         self,
         row_off: int,
         classes: NDArray[np.uint8],
-        heatmaps: NDArray[np.uint16] | None,
-        hbis: NDArray[np.uint16] | None = None,
+        heatmaps: NDArray[np.unsignedinteger[Any]] | None,
+        hbis: NDArray[np.unsignedinteger[Any]] | None = None,
     ) -> None:
         """Stage rows ``row_off..``: classes (rows, W), heatmaps and HBIS heatmaps (K, rows, W); writes full block rows."""
         if row_off != self._stage_row + self._staged:
@@ -194,8 +205,8 @@ class GridFiles:
             hbis = self._hbis_stage[:, : self._staged]
             check_free_space(self.hbis_path, hbis.nbytes, self.shown(self.hbis_path))
             self._hbis_ds.write(hbis, window=window)
-        labelled = classes[classes != NODATA_CLASS]
-        self._counts += np.bincount(labelled, minlength=self._num_classes)[: self._num_classes]
+        # Nodata (255) lands in its own bin, beyond the classes: no copy of the labelled pixels.
+        self._counts += np.bincount(classes.ravel(), minlength=NODATA_CLASS + 1)[: self._num_classes]
         self._stage_row += self._staged
         self._staged = 0
 
@@ -257,21 +268,27 @@ class GridFiles:
 
 
 def _create_probability_raster(
-    path: Path, georef: Mapping[str, Any], card: ModelCard, tags: Mapping[str, str]
+    path: Path,
+    georef: Mapping[str, Any],
+    profile: Mapping[str, Any],
+    card: ModelCard,
+    tags: Mapping[str, str],
+    encoding: HeatmapEncoding,
 ) -> DatasetWriter:
-    """A K-band UInt16 probability GeoTIFF: bands named after the classes, scale 1/HEATMAP_SCALE, nodata 65535."""
-    # K UInt16 bands dominate the writing cost: level 3 with the horizontal predictor wrote smooth
-    # heatmaps 2.6x faster than the default level 6 for files 5 % larger.
+    """A K-band probability GeoTIFF in ``encoding``: bands named after the classes, scale 1/scale, its nodata."""
+    # K bands dominate the writing cost. With the horizontal predictor, DEFLATE level 1 compressed smooth UInt16
+    # heatmaps in 0.59x the CPU time of level 3 (used before issue 13) for files 16 % larger; ZSTD level 1 would
+    # save another fifth, but not every GIS reads ZSTD.
     with warnings.catch_warnings():  # a grid without geotransform is meant: rasterio need not warn
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         dataset = rasterio.open(
-            path, "w", count=card.num_classes, dtype="uint16", nodata=HEATMAP_NODATA,
-            predictor=2, zlevel=3, interleave="band", **georef, **_COMMON_PROFILE,
+            path, "w", count=card.num_classes, dtype=encoding.dtype, nodata=encoding.nodata,
+            predictor=2, zlevel=HEATMAP_ZLEVEL, interleave="band", **georef, **profile,
         )  # fmt: skip
     try:
         for band, name in enumerate(card.class_names, start=1):
             dataset.set_band_description(band, name)
-        dataset.scales = (1.0 / HEATMAP_SCALE,) * card.num_classes
+        dataset.scales = (1.0 / encoding.scale,) * card.num_classes
         dataset.offsets = (0.0,) * card.num_classes
         dataset.update_tags(**tags)
     except BaseException:

@@ -1,8 +1,10 @@
-"""Resampling between the processing grid and the input grid, which share their bounds: a per-axis scaling.
+"""Resampling between the processing grid and the input grid: a per-axis scaling and offset.
 
-The processing grid is the input grid scaled in pixel space (same bounds, same rotation; see
-:mod:`engine.raster.resolution`), so going back needs no geodesy: each output row and column is a fixed
-weighted sum of a few source rows and columns. Along an axis where the output is finer (the usual case: the
+The processing grid is the input grid scaled in pixel space (same bounds, same rotation), or, for a north-up
+projected raster, a grid on the CRS lattice of the model's GSD whose origin lies less than a cell before the
+input's (see :mod:`engine.raster.resolution`). Either way each axis maps by ``x_source = offset + x_output *
+scale`` in pixel units, so going back needs no geodesy: each output row and column is a fixed weighted sum of a
+few source rows and columns. Along an axis where the output is finer (the usual case: the
 model's pixels are coarser than the input's) the weights are bilinear between the two nearest source pixel
 centres (clamped at the edges); where the output is coarser they are the overlap of the output pixel with each
 source pixel (an area average). Nodata source pixels get weight 0 and each output pixel is renormalised by the
@@ -17,10 +19,33 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from affine import Affine
 from numpy.typing import NDArray
 from rasterio.windows import Window
 
-__all__ = ["AxisWeights", "GridResampler", "axis_weights"]
+__all__ = ["AxisMap", "AxisWeights", "GridResampler", "axis_maps", "axis_weights"]
+
+#: ``(scale, offset)`` of one axis: output pixel edge ``x`` lies at ``offset + x * scale`` source pixels.
+AxisMap = tuple[float, float]
+
+
+def axis_maps(source: Affine, output: Affine) -> tuple[AxisMap, AxisMap]:
+    """Row and column maps from an output grid to a source grid, both north-up, or sharing bounds and rotation.
+
+    Args:
+        source: The source grid's transform (the processing grid).
+        output: The output grid's transform (the input grid).
+
+    Returns:
+        ``(rows, cols)``: each ``(output pixel size / source pixel size, output origin in source pixels)``.
+    """
+    # In the source's pixel space the output grid's origin and pixel vectors; both grids are axis-aligned there.
+    inverse = ~source
+    x0, y0 = inverse * (output.c, output.f)
+    x1, _ = inverse * (output.c + output.a, output.f + output.d)
+    _, y1 = inverse * (output.c + output.b, output.f + output.e)
+    return (y1 - y0, y0), (x1 - x0, x0)
+
 
 #: Reads (K, h, w) stored values of a window of the source grid (inside it).
 ReadWindow = Callable[[Window], NDArray[np.float32]]
@@ -41,10 +66,16 @@ class AxisWeights:
     nearest: NDArray[np.intp]
 
 
-def axis_weights(source_px: int, output_px: int) -> AxisWeights:
-    """Bilinear taps where the output is finer than the source, area-overlap taps where it is coarser."""
-    scale = source_px / output_px  # source pixels per output pixel
-    centres = (np.arange(output_px) + 0.5) * scale  # in source pixel units
+def axis_weights(source_px: int, output_px: int, mapping: AxisMap | None = None) -> AxisWeights:
+    """Bilinear taps where the output is finer than the source, area-overlap taps where it is coarser.
+
+    Args:
+        source_px: Pixels of the source axis.
+        output_px: Pixels of the output axis.
+        mapping: ``(scale, offset)`` of :func:`axis_maps`; None: the two axes share their extent.
+    """
+    scale, offset = (source_px / output_px, 0.0) if mapping is None else mapping  # source pixels per output pixel
+    centres = offset + (np.arange(output_px) + 0.5) * scale  # in source pixel units
     nearest = np.clip(np.floor(centres).astype(np.intp), 0, source_px - 1)
     if scale <= 1.0:
         x = centres - 0.5
@@ -54,7 +85,7 @@ def axis_weights(source_px: int, output_px: int) -> AxisWeights:
         weight = np.stack([1.0 - frac, frac]).astype(np.float32)
         return AxisWeights(index, weight, nearest)
     taps = math.ceil(scale) + 1
-    start = np.arange(output_px) * scale
+    start = offset + np.arange(output_px) * scale
     first = np.floor(start).astype(np.intp)
     index = first[None, :] + np.arange(taps)[:, None]
     overlap = np.minimum(index + 1, start + scale) - np.maximum(index, start)
@@ -64,17 +95,25 @@ def axis_weights(source_px: int, output_px: int) -> AxisWeights:
 
 
 class GridResampler:
-    """Resamples (K, H, W) stored values from a source grid to an output grid with the same bounds.
+    """Resamples (K, H, W) stored values from a source grid to an output grid (same bounds, or axis maps).
 
     Args:
         source_shape: (rows, cols) of the source grid.
         output_shape: (rows, cols) of the output grid.
         nodata: The stored value of pixels without data (in every band).
+        maps: ``(rows, cols)`` axis maps (:func:`axis_maps`); None: the grids share their bounds.
     """
 
-    def __init__(self, source_shape: tuple[int, int], output_shape: tuple[int, int], nodata: float) -> None:
-        self.rows = axis_weights(source_shape[0], output_shape[0])
-        self.cols = axis_weights(source_shape[1], output_shape[1])
+    def __init__(
+        self,
+        source_shape: tuple[int, int],
+        output_shape: tuple[int, int],
+        nodata: float,
+        maps: tuple[AxisMap, AxisMap] | None = None,
+    ) -> None:
+        rows, cols = (None, None) if maps is None else maps
+        self.rows = axis_weights(source_shape[0], output_shape[0], rows)
+        self.cols = axis_weights(source_shape[1], output_shape[1], cols)
         self.nodata = nodata
 
     def resample(self, read: ReadWindow, window: Window) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:

@@ -33,7 +33,7 @@ from ..option_names import CLI_OPTION_NAMES, OptionNames
 from .bands import BandLayout, Normalizer, match_bands
 from .input_identity import InputIdentity
 from .regions import RegionFilter
-from .resolution import GSD_TOLERANCE, ResolutionPlan, pixel_size_m, plan_resolution
+from .resolution import GSD_TOLERANCE, ResolutionPlan, metres_per_unit, pixel_size_m, plan_resolution
 from .value_scaling import (
     BandSample,
     card_range_advice,
@@ -44,9 +44,22 @@ from .value_scaling import (
     stored_minmax,
 )
 
-__all__ = ["GSD_TOLERANCE", "RasterSource", "raster_gsd_m"]
+__all__ = ["EDGE_PADDING", "GSD_TOLERANCE", "SNAP_PROCESSING_GRID", "RasterSource", "mirror_indices", "raster_gsd_m"]
 
 logger = logging.getLogger(__name__)
+
+#: How the part of a tile outside the processing grid is filled: ``"reflect"`` mirrors the raster's own pixels
+#: about its edge, up to ``mirror_depth_px`` beyond it (the reach of the tile grid, half the overlap), and band means
+#: further out, where tiles of the last row or column reach; ``"mean"`` (before issue 13) filled all of it with the
+#: band means, a flat grey block right at the edge, which made the answers there depend on where the tiles fell.
+#: Mirroring without a limit cost the default model 1.9 mIoU points on its test tile (whole tiles of mirror images
+#: look like real structure); limited to the grid's reach it scored within 0.3 points of band means.
+EDGE_PADDING = "reflect"
+#: Put a resampled processing grid of a north-up projected raster on the lattice of the card's GSD in the CRS
+#: (:func:`~engine.raster.resolution.lattice_grid`) instead of stretching ``round(size * factor)`` pixels over the
+#: raster's own extent, so two rasters of the same imagery cut at different places are resampled onto the same
+#: pixels (and an anchored tile grid gives them the same tiles).
+SNAP_PROCESSING_GRID = True
 
 
 class RasterSource:
@@ -84,8 +97,10 @@ class RasterSource:
         plan: ResolutionPlan,
         value_scaling: str = "card",
         names: OptionNames = CLI_OPTION_NAMES,
+        mirror_depth_px: int | None = None,
     ) -> None:
         self.path = Path(dataset.name)
+        self.mirror_depth_px = mirror_depth_px
         self.card = card
         self.band_indexes = band_indexes
         self.input_height: int = dataset.height
@@ -158,6 +173,7 @@ class RasterSource:
         mask_geometries: Sequence[Mapping[str, Any]] | None = None,
         value_scaling: str = "card",
         names: OptionNames = CLI_OPTION_NAMES,
+        mirror_depth_px: int | None = None,
     ) -> RasterSource:
         """Open a raster for the model described by ``card``.
 
@@ -171,6 +187,8 @@ class RasterSource:
             mask_geometries: GeoJSON polygon geometries in the raster's CRS; pixels outside all of them are invalid.
             value_scaling: ``card``, ``minmax`` or ``percentile`` (see :mod:`engine.raster.value_scaling`).
             names: How the front end spells the options its messages advise.
+            mirror_depth_px: How far beyond the raster's edge tiles mirror it (:data:`EDGE_PADDING` ``"reflect"``);
+                band means further out. None: no limit. The pipeline uses half the overlap, the reach of its grid.
 
         Raises:
             InvalidRasterError: If the file is missing or unreadable, its bands do not fit the model, or resampling
@@ -203,7 +221,7 @@ class RasterSource:
             _warn_about_georeference(dataset)
             plan = _plan(dataset, card, resample_to_model_gsd)
             plan.check(f"'{path.name}'", names)
-            return cls(dataset, card, band_indexes, regions, plan, value_scaling, names)
+            return cls(dataset, card, band_indexes, regions, plan, value_scaling, names, mirror_depth_px)
         except BaseException:
             dataset.close()
             raise
@@ -219,15 +237,46 @@ class RasterSource:
             (the band mean) wherever there is no data; and the (h, w) mask, False for nodata, masked, alpha == 0,
             non-finite, outside EXTENT/MASK or outside the raster. ``h, w`` equal the window's size.
         """
-        raw, valid = self._read_raw(self._reader, window, self.height, self.width)
-        tile = self._normalizer(raw)
-        valid &= np.isfinite(tile).all(axis=0)
-        # Pixels without data become the band mean (0 after normalisation) so they do not disturb the
-        # model's view of their valid neighbours; imagery outside EXTENT/MASK is real and stays as context.
-        tile[:, ~valid] = 0.0
+        rows, cols, inner, _, _ = _split_window(window, self.height, self.width)
+        if EDGE_PADDING == "reflect" and inner is not None and (int(inner.height), int(inner.width)) != (rows, cols):
+            tile, valid = self._read_mirrored(window, rows, cols)
+        else:
+            tile, valid = self._read_normalised(window)
         region = self._regions.inside(window, self.processing_transform)
         if region is not None:
             valid &= region
+        return tile, valid
+
+    def _read_mirrored(self, window: Window, rows: int, cols: int) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+        """A window reaching past the grid: the outside part mirrors the grid's own pixels (and is invalid)."""
+        row_off, col_off = round(window.row_off), round(window.col_off)
+        source_rows = mirror_indices(row_off, rows, self.height)
+        source_cols = mirror_indices(col_off, cols, self.width)
+        top, left = int(source_rows.min()), int(source_cols.min())
+        box = Window(left, top, int(source_cols.max()) - left + 1, int(source_rows.max()) - top + 1)
+        box_tile, box_valid = self._read_normalised(box)  # a window inside the grid
+        take = np.ix_(source_rows - top, source_cols - left)
+        tile: NDArray[np.float32] = box_tile[:, take[0], take[1]]
+        # Mirroring maps every index inside the grid to itself, and only those.
+        inside_rows = source_rows == np.arange(row_off, row_off + rows)
+        inside_cols = source_cols == np.arange(col_off, col_off + cols)
+        valid = box_valid[take] & inside_rows[:, None] & inside_cols[None, :]
+        if self.mirror_depth_px is not None:
+            far = beyond_mirror_depth(row_off, rows, self.height, col_off, cols, self.width, self.mirror_depth_px)
+            if far.any():
+                tile[:, far] = 0.0  # the band mean
+        return tile, valid
+
+    def _read_normalised(self, window: Window) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+        """Normalised tile (band means outside the raster and at invalid pixels) and its validity."""
+        raw, valid = self._read_raw(self._reader, window, self.height, self.width)
+        tile = self._normalizer(raw)
+        if not np.isfinite(tile.sum()):  # finite total: every value is (an overflow only sends us the long way)
+            valid &= np.isfinite(tile).all(axis=0)
+        # Pixels without data become the band mean (0 after normalisation) so they do not disturb the
+        # model's view of their valid neighbours; imagery outside EXTENT/MASK is real and stays as context.
+        if not valid.all():
+            tile[:, ~valid] = 0.0
         return tile, valid
 
     def read_input_valid(self, window: Window) -> NDArray[np.bool_]:
@@ -288,24 +337,29 @@ class RasterSource:
         dtypes = [np.dtype(reader.dtypes[b - 1]) for b in self.band_indexes]
         # 8/16-bit integers are exact in float32 (half the memory traffic); 32-bit and float data keep float64.
         exact32 = all(d.kind in "iub" and d.itemsize <= 2 for d in dtypes)
-        raw: NDArray[np.generic] = np.empty(
-            (len(self.band_indexes), rows, cols), dtype=np.float32 if exact32 else np.float64
-        )
+        work = np.float32 if exact32 else np.float64
+        if inner is not None and (int(inner.height), int(inner.width)) == (rows, cols):
+            # The whole window lies inside: GDAL converts while reading, no padding to fill.
+            return self._read_inner(reader, inner, work), self._inner_valid(reader, inner)
+        raw: NDArray[np.generic] = np.empty((len(self.band_indexes), rows, cols), dtype=work)
         raw[...] = np.asarray(self._normalizer.raw_value_for_zero())[:, None, None]
         valid = np.zeros((rows, cols), dtype=bool)
         if inner is None:
             return raw, valid
         r1, c1 = r0 + int(inner.height), c0 + int(inner.width)
+        raw[:, r0:r1, c0:c1] = self._read_inner(reader, inner, work)
+        valid[r0:r1, c0:c1] = self._inner_valid(reader, inner)
+        return raw, valid
+
+    def _read_inner(self, reader: DatasetReader | WarpedVRT, inner: Window, work: type) -> NDArray[np.generic]:
         try:
-            data = reader.read(self.band_indexes, window=inner)
+            data: NDArray[np.generic] = reader.read(self.band_indexes, window=inner, out_dtype=work)
         except RasterioError as exc:
             raise InvalidRasterError(
                 f"Reading {_describe(inner)} of '{self.path}' failed ({root_cause(exc)}); the file may be truncated "
                 "or corrupt: re-create or re-download it."
             ) from exc
-        raw[:, r0:r1, c0:c1] = data
-        valid[r0:r1, c0:c1] = self._inner_valid(reader, inner)
-        return raw, valid
+        return data
 
     def _read_valid(
         self, reader: DatasetReader | WarpedVRT, window: Window, height: int, width: int
@@ -385,6 +439,33 @@ def _split_window(window: Window, height: int, width: int) -> tuple[int, int, Wi
     return rows, cols, Window(left, top, right - left, bottom - top), top - row_off, left - col_off
 
 
+def mirror_indices(start: int, count: int, length: int) -> NDArray[np.intp]:
+    """Indices ``start .. start + count - 1`` of an axis of ``length`` pixels, mirrored back inside it.
+
+    Mirrored about the edge pixels (``... c b | a b c ... x y z | y x ...``, as ``numpy.pad(mode="reflect")`` of
+    the whole axis), repeatedly for indices further out than the axis is long.
+    """
+    index = np.arange(start, start + count, dtype=np.intp)
+    if length == 1:
+        return np.zeros(count, dtype=np.intp)
+    period = 2 * (length - 1)
+    index %= period
+    mirrored: NDArray[np.intp] = np.where(index >= length, period - index, index)
+    return mirrored
+
+
+def beyond_mirror_depth(
+    row_off: int, rows: int, height: int, col_off: int, cols: int, width: int, depth_px: int
+) -> NDArray[np.bool_]:
+    """(rows, cols) mask of a window's pixels more than ``depth_px`` outside a ``height`` x ``width`` grid."""
+    r = np.arange(row_off, row_off + rows)
+    c = np.arange(col_off, col_off + cols)
+    out_r = np.maximum(np.maximum(-r, r - (height - 1)), 0)
+    out_c = np.maximum(np.maximum(-c, c - (width - 1)), 0)
+    far: NDArray[np.bool_] = np.maximum(out_r[:, None], out_c[None, :]) > depth_px
+    return far
+
+
 def _is_georeferenced(dataset: DatasetReader) -> bool:
     return dataset.crs is not None and dataset.transform != Affine.identity()
 
@@ -399,7 +480,9 @@ def _plan(dataset: DatasetReader, card: ModelCard, resample: bool) -> Resolution
         pixel_m = pixel_size_m(dataset.crs, dataset.transform, dataset.width, dataset.height)
         if pixel_m is None:
             reason = "its CRS has no usable units"
-    return plan_resolution(dataset.width, dataset.height, pixel_m, card.gsd_m, resample, reason)
+    per_unit = metres_per_unit(dataset.crs, dataset.transform)
+    lattice = None if per_unit is None or not SNAP_PROCESSING_GRID else (dataset.transform, per_unit)
+    return plan_resolution(dataset.width, dataset.height, pixel_m, card.gsd_m, resample, reason, lattice)
 
 
 def _warped_reader(dataset: DatasetReader, transform: Affine, height: int, width: int) -> tuple[WarpedVRT, int | None]:

@@ -8,7 +8,11 @@ tolerance). Projections that distort distances (Web Mercator far from the equato
 metres.
 
 :func:`plan_resolution` decides the processing grid: the input grid itself, or the same bounds at the model's
-GSD (each axis on its own, so the model gets square pixels in metres). It refuses a resampling that would
+GSD (each axis on its own, so the model gets square pixels in metres). For a north-up raster in a projected CRS
+the grid is put on the lattice of the model's GSD in the CRS instead (:func:`lattice_grid`: cells of exactly that
+size, origin on a multiple of it, covering the raster by less than a cell more on each side), so two rasters of the
+same imagery cut at different places are resampled onto the same cells; rotated, sheared, geographic or
+unreferenced rasters keep the same-bounds grid. It refuses a resampling that would
 multiply the pixel count by more than :data:`MAX_UPSAMPLING_PIXELS`, and :meth:`ResolutionPlan.message` states the
 resolutions and the grid, as a warning when they are more than :data:`WARN_FACTOR` apart either way.
 """
@@ -30,7 +34,9 @@ __all__ = [
     "MAX_UPSAMPLING_PIXELS",
     "WARN_FACTOR",
     "ResolutionPlan",
+    "lattice_grid",
     "metres_per_degree",
+    "metres_per_unit",
     "pixel_size_m",
     "plan_resolution",
 ]
@@ -100,6 +106,8 @@ class ResolutionPlan:
         width_px: Columns of the processing grid.
         height_px: Rows of the processing grid.
         unknown_reason: Why the input's GSD is unknown ("" where it is known).
+        grid_transform: The processing grid's transform when it lies on the CRS lattice of the model's GSD
+            (:func:`lattice_grid`); None for the same-bounds grid (or no resampling).
     """
 
     input_width_px: int
@@ -110,11 +118,13 @@ class ResolutionPlan:
     width_px: int
     height_px: int
     unknown_reason: str = ""
+    grid_transform: Affine | None = None
 
     @property
     def resampled(self) -> bool:
         """Whether the processing grid differs from the input grid."""
-        return (self.width_px, self.height_px) != (self.input_width_px, self.input_height_px)
+        sized = (self.width_px, self.height_px) != (self.input_width_px, self.input_height_px)
+        return sized or self.grid_transform is not None
 
     @property
     def input_gsd_m(self) -> float | None:
@@ -134,7 +144,9 @@ class ResolutionPlan:
         return (self.width_px * self.height_px) / (self.input_width_px * self.input_height_px)
 
     def transform(self, input_transform: Affine) -> Affine:
-        """The processing grid's transform: the input's bounds exactly, at the processing grid's size."""
+        """The processing grid's transform: on the CRS lattice, or the input's bounds at the grid's size."""
+        if self.grid_transform is not None:
+            return self.grid_transform
         if not self.resampled:
             return input_transform
         return input_transform * Affine.scale(
@@ -205,6 +217,7 @@ def plan_resolution(
     model_gsd_m: float | None,
     resample: bool,
     unknown_reason: str = "",
+    lattice: tuple[Affine, float] | None = None,
 ) -> ResolutionPlan:
     """The processing grid: the input grid, or its bounds at the model's GSD when the two differ.
 
@@ -215,16 +228,24 @@ def plan_resolution(
         model_gsd_m: The card's GSD, None where unknown.
         resample: Whether resampling is allowed (``--no-resample`` / RESAMPLE false turn it off).
         unknown_reason: Why the input's GSD is unknown, for the message.
+        lattice: ``(input transform, metres per CRS unit)`` of a north-up raster in a projected CRS: a resampled
+            grid then lies on the CRS lattice of the model's GSD (:func:`lattice_grid`); None: the same bounds.
     """
     width, height = input_width_px, input_height_px
+    grid_transform = None
     if (
         resample
         and input_pixel_m is not None
         and model_gsd_m is not None
         and _needs_resampling(input_pixel_m, model_gsd_m)
     ):
-        width = max(1, round(input_width_px * input_pixel_m[0] / model_gsd_m))
-        height = max(1, round(input_height_px * input_pixel_m[1] / model_gsd_m))
+        if lattice is not None:
+            input_transform, metres_per_unit = lattice
+            cell = model_gsd_m / metres_per_unit
+            grid_transform, height, width = lattice_grid(input_transform, input_height_px, input_width_px, cell)
+        else:
+            width = max(1, round(input_width_px * input_pixel_m[0] / model_gsd_m))
+            height = max(1, round(input_height_px * input_pixel_m[1] / model_gsd_m))
     return ResolutionPlan(
         input_width_px=input_width_px,
         input_height_px=input_height_px,
@@ -234,7 +255,50 @@ def plan_resolution(
         width_px=width,
         height_px=height,
         unknown_reason=unknown_reason,
+        grid_transform=grid_transform,
     )
+
+
+#: Coordinates within this many cells of a lattice line count as on it (float noise in geotransforms).
+_LATTICE_EPS = 1e-6
+
+
+def lattice_grid(transform: Affine, height: int, width: int, cell: float) -> tuple[Affine, int, int]:
+    """The smallest grid of ``cell``-sized cells on the CRS lattice ``k * cell`` covering a north-up raster.
+
+    Its origin is the raster's outer corner rounded outwards to a multiple of ``cell`` and its size is rounded up,
+    so it covers the raster (by less than one cell more on each side). Two rasters of the same imagery cut at
+    different places get grids that share their cells, whatever their extents.
+
+    Args:
+        transform: The raster's north-up geotransform (``b == d == 0``).
+        height: Its rows.
+        width: Its columns.
+        cell: The lattice's cell size in CRS units.
+
+    Returns:
+        ``(transform, height, width)`` of the grid.
+    """
+    sx, sy = (1.0 if transform.a > 0 else -1.0), (1.0 if transform.e > 0 else -1.0)
+    x0, y0 = transform.c, transform.f
+    x1, y1 = x0 + transform.a * width, y0 + transform.e * height
+    col0 = math.floor(x0 / cell * sx + _LATTICE_EPS)
+    row0 = math.floor(y0 / cell * sy + _LATTICE_EPS)
+    new_width = max(1, math.ceil(x1 / cell * sx - _LATTICE_EPS) - col0)
+    new_height = max(1, math.ceil(y1 / cell * sy - _LATTICE_EPS) - row0)
+    grid = Affine(sx * cell, 0.0, col0 * cell * sx, 0.0, sy * cell, row0 * cell * sy)
+    return grid, new_height, new_width
+
+
+def metres_per_unit(crs: CRS | None, transform: Affine) -> float | None:
+    """Metres per CRS unit of a north-up raster in a projected CRS; None for any other (no lattice then)."""
+    if crs is None or not crs.is_projected or transform.b != 0 or transform.d != 0 or transform == Affine.identity():
+        return None
+    try:
+        _, factor = crs.linear_units_factor
+    except (CRSError, ValueError):
+        return None
+    return float(factor) if math.isfinite(factor) and factor > 0 else None
 
 
 def _needs_resampling(pixel_m: tuple[float, float], model_gsd_m: float) -> bool:

@@ -31,9 +31,10 @@ from rasterio.windows import Window
 from ..errors import InvalidRasterError, OutputPathError
 from ..model_card import NODATA_CLASS, ModelCard
 from ..progress import ProgressReporter
-from .geotiff import BLOCK_SIZE_PX, GridFiles, OutputGrid
-from .grid_resampling import GridResampler
-from .heatmaps import HEATMAP_NODATA, quantize_probabilities, round_probabilities
+from .argmax import argmax_classes
+from .geotiff import ALL_CPUS, BLOCK_SIZE_PX, GridFiles, OutputGrid
+from .grid_resampling import GridResampler, axis_maps
+from .heatmaps import HEATMAP_NODATA, HeatmapEncoding, heatmap_encoding, quantize_probabilities, round_probabilities
 from .output_paths import check_output_paths
 from .temp_files import new_run_token, remove_stale_temporaries, temp_path
 from .vectorize import VectorOutput, VectorStats, vector_sidecars, write_class_polygons
@@ -106,6 +107,8 @@ class SegmentationWriter:
         hbis_tags: Mapping[str, str] | None = None,
         vector: VectorOutput | None = None,
         require_valid_pixels: bool = True,
+        heatmap_dtype: str = "uint16",
+        compression_threads: int | str = ALL_CPUS,
     ) -> None:
         """Check the output paths and create the temp files.
 
@@ -121,6 +124,9 @@ class SegmentationWriter:
             vector: Class polygons to derive from the finished class raster, or None.
             require_valid_pixels: Fail the commit when no input pixel got a class (False for the parts of a
                 distributed run, where a super-tile may lie entirely in nodata).
+            heatmap_dtype: Heatmap storage, ``"uint16"`` (steps of 1e-4) or ``"uint8"`` (steps of 0.004).
+            compression_threads: GDAL compression threads: a count, or ``"ALL_CPUS"`` (when the CPU cores are not
+                busy running the model).
 
         Raises:
             OutputPathError: If an output path cannot be written; raised before any work is done.
@@ -138,6 +144,8 @@ class SegmentationWriter:
         self._card = card
         self._tags = {str(k): str(v) for k, v in tags.items()}
         self._cog = cog
+        self._encoding = heatmap_encoding(heatmap_dtype)
+        self._compression_threads = compression_threads
         self._finished = False
         self._next_row = 0
         self._nonfinite_pixels = 0
@@ -153,19 +161,28 @@ class SegmentationWriter:
         input_grid = OutputGrid(source.input_height, source.input_width, transform, source.crs)
         try:
             final_heatmaps = None if self.heatmaps_path is None else self._temp_path(self.heatmaps_path, token, "final")
-            self._final = self._open_grid(input_grid, token, "final", card, final_heatmaps)
+            self._final = self._open_grid(input_grid, token, "final", card, final_heatmaps, self._encoding)
             self._processing: GridFiles | None = None
             if source.resampled:
                 # The probabilities go back to the input grid (the classes are their argmax there), so the
                 # processing grid keeps them even when no heatmaps are asked for.
                 grid = OutputGrid(source.height, source.width, source.processing_transform, source.crs)
                 probabilities = self._temp_path(self.output_path, token, "grid-probabilities")
-                self._processing = self._open_grid(grid, token, "grid", card, probabilities)
+                # Always UInt16 there (rounded, see round_probabilities): the chosen encoding applies on commit.
+                self._processing = self._open_grid(grid, token, "grid", card, probabilities, heatmap_encoding())
         except BaseException:
             self.abort()
             raise
 
-    def _open_grid(self, grid: OutputGrid, token: str, kind: str, card: ModelCard, heatmaps: Path | None) -> GridFiles:
+    def _open_grid(
+        self,
+        grid: OutputGrid,
+        token: str,
+        kind: str,
+        card: ModelCard,
+        heatmaps: Path | None,
+        encoding: HeatmapEncoding,
+    ) -> GridFiles:
         classes = self._temp_path(self.output_path, token, kind)
         hbis = None if self.hbis_path is None else self._temp_path(self.hbis_path, token, kind)
         shown = {classes: self.output_path}
@@ -174,7 +191,18 @@ class SegmentationWriter:
         if hbis is not None and self.hbis_path is not None:
             shown[hbis] = self.hbis_path
         try:
-            return GridFiles.create(grid, classes, heatmaps, card, self._tags, hbis, self._hbis_tags, shown)
+            return GridFiles.create(
+                grid,
+                classes,
+                heatmaps,
+                card,
+                self._tags,
+                hbis,
+                self._hbis_tags,
+                shown,
+                encoding,
+                self._compression_threads,
+            )
         except (OSError, rasterio.errors.RasterioError) as exc:
             failed = self.heatmaps_path if heatmaps is not None and heatmaps.exists() and self.heatmaps_path else None
             raise write_failure(failed or self.output_path, exc) from exc
@@ -214,23 +242,27 @@ class SegmentationWriter:
             )
         if valid.shape != (rows, width) or row_off + rows > self._source.height:
             raise ValueError(f"valid {valid.shape} must be ({rows}, {width}) within {self._source.height} rows.")
-        finite = np.isfinite(probs).all(axis=0)
-        valid = valid & finite
-        self._nonfinite_pixels += int((~finite).sum())
-        classes = np.argmax(probs, axis=0).astype(np.uint8)
-        classes[~valid] = NODATA_CLASS
+        if not np.isfinite(probs.sum()):  # finite total: every value is (an overflow only sends us the long way)
+            finite = np.isfinite(probs).all(axis=0)
+            valid = valid & finite
+            self._nonfinite_pixels += int((~finite).sum())
+        classes = argmax_classes(probs)
+        if not valid.all():
+            classes[~valid] = NODATA_CLASS
         target = self._processing or self._final
         heat = None
         if self._processing is not None:  # resampled and re-quantised exactly on commit
             heat = round_probabilities(probs, valid)
         elif target.heatmaps_path is not None:
-            heat = quantize_probabilities(probs, valid)
+            heat = quantize_probabilities(probs, valid, self._encoding)
         hbis = None
         if self.hbis_path is not None:
             if extra is None or extra.shape != probs.shape:
                 raise ValueError(f"HBIS heatmaps are written: write_rows needs extra of shape {probs.shape}.")
-            encode = round_probabilities if self._processing is not None else quantize_probabilities
-            hbis = encode(extra, valid)
+            if self._processing is not None:
+                hbis = round_probabilities(extra, valid)
+            else:
+                hbis = quantize_probabilities(extra, valid, self._encoding)
         try:
             target.write(row_off, classes, heat, hbis)
         except OutputPathError:
@@ -366,8 +398,9 @@ class SegmentationWriter:
         source, final = self._source, self._final
         if grid.heatmaps_path is None:
             raise ValueError("the processing grid holds no probabilities to resample")
+        maps = axis_maps(source.processing_transform, source.transform)
         resampler = GridResampler(
-            (source.height, source.width), (source.input_height, source.input_width), HEATMAP_NODATA
+            (source.height, source.width), (source.input_height, source.input_width), HEATMAP_NODATA, maps
         )
         denser = max(1.0, (source.height * source.width) / (source.input_height * source.input_width))
         chunk_px = max(BLOCK_SIZE_PX, int(_RESAMPLE_CHUNK_PX / denser))
@@ -388,9 +421,9 @@ class SegmentationWriter:
                     classes = np.empty((rows, source.input_width), dtype=np.uint8)
                     heat = hbis = None
                     if final.heatmaps_path is not None:
-                        heat = np.empty((self._card.num_classes, *classes.shape), dtype=np.uint16)
+                        heat = np.empty((self._card.num_classes, *classes.shape), dtype=self._encoding.numpy_dtype)
                     if hbis_source is not None:
-                        hbis = np.empty((self._card.num_classes, *classes.shape), dtype=np.uint16)
+                        hbis = np.empty((self._card.num_classes, *classes.shape), dtype=self._encoding.numpy_dtype)
                     for col_off in range(0, source.input_width, chunk_px):
                         cols = min(chunk_px, source.input_width - col_off)
                         window = Window(col_off, row_off, cols, rows)
@@ -410,12 +443,14 @@ class SegmentationWriter:
                         if heat is not None:
                             # Quantising renormalises each pixel and keeps the order of its values, so the class
                             # (the argmax above) stays a maximum of the stored heatmaps.
-                            heat[:, :, col_off : col_off + cols] = quantize_probabilities(values, valid)
+                            heat[:, :, col_off : col_off + cols] = quantize_probabilities(
+                                values, valid, self._encoding, keep_order=True
+                            )
                         if hbis is not None:
                             layer, _ = resampler.resample(read_hbis, window)
                             if fill.any():
                                 layer[:, fill] = resampler.nearest(read_hbis, window)[0][:, fill]
-                            hbis[:, :, col_off : col_off + cols] = quantize_probabilities(layer, valid)
+                            hbis[:, :, col_off : col_off + cols] = quantize_probabilities(layer, valid, self._encoding)
                     final.write(row_off, classes, heat, hbis)
         finally:
             if hbis_source is not None:

@@ -258,3 +258,39 @@ def test_sigint_in_a_subprocess_exits_130_and_leaves_no_output(tmp_path: Path, t
     assert process.returncode == EXIT_INTERRUPTED, rest
     assert "interrupted" in rest and "Traceback" not in rest
     assert outputs_in(tmp_path) == []  # ...and nothing is left after Ctrl-C
+
+
+def test_preset_quality_and_explicit_options_reach_the_outputs(
+    tmp_path: Path, tiny_model: Path, raster: tuple[Path, np.ndarray]
+) -> None:
+    path, _ = raster
+    out, heat = tmp_path / "classes.tif", tmp_path / "heat.tif"
+    common = [str(path), "--model", str(tiny_model), "--tile-size", "16", "-q"]
+    code, _, stderr = run_main(["segment", *common, "-o", str(out), "--preset", "quality", "--tta", "none"])
+    assert code == 0, stderr
+    with rasterio.open(out) as dataset:
+        tags = dataset.tags()
+    # The preset's half-tile overlap and anchored grid; its flip TTA lost to the explicit --tta none.
+    assert (tags["overlap_px"], tags["tile_grid"], tags["tta"]) == ("8", "anchored", "none")
+    code, _, stderr = run_main(
+        ["segment", *common, "-o", str(out), "--heatmaps", str(heat), "--heatmap-dtype", "uint8", "--tile-grid",
+         "anchored"]
+    )  # fmt: skip
+    assert code == 0, stderr
+    with rasterio.open(heat) as dataset:
+        assert set(dataset.dtypes) == {"uint8"} and dataset.scales[0] == pytest.approx(1 / 250)
+        assert dataset.tags()["tile_grid"] == "anchored" and dataset.tags()["heatmap_dtype"] == "uint8"
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--preset", "best"), ("--tile-grid", "world"), ("--heatmap-dtype", "float32")]
+)
+def test_unknown_preset_grid_or_heatmap_type_exits_2_with_the_choices(
+    tmp_path: Path, raster: tuple[Path, np.ndarray], option: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, _ = raster
+    code, _, _ = run_main(["segment", str(path), "-o", str(tmp_path / "c.tif"), option, value])
+    assert code == EXIT_BAD_INPUT
+    stderr = capsys.readouterr().err  # argparse's own one line
+    assert "invalid choice" in stderr and len(stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "c.tif").exists()

@@ -20,7 +20,7 @@ from engine.inference.pipeline import (
     segment_raster,
     stitch_raster,
 )
-from engine.inference.tiling import TilingSpec, tile_count
+from engine.inference.tiling import TilingSpec, tile_count, tile_grid_shape
 from engine.model_card import NODATA_CLASS
 from engine.raster.write_behind import WriteBehind
 from tests.engine.pipeline_helpers import (
@@ -477,3 +477,61 @@ def test_a_raster_without_georeference_keeps_its_pixel_grid_exactly(tmp_path: Pa
         assert dataset.GetGeoTransform(can_return_null=True) is None, path
         assert (dataset.RasterXSize, dataset.RasterYSize) == (30, 20)
         dataset = None
+
+
+def test_batch_size_is_one_on_a_cpu_and_a_memory_budget_on_a_gpu(tmp_path: Path, tiny_onnx: Path) -> None:
+    from engine.inference.pipeline import GPU_BATCH_TILE_PIXELS, auto_batch_size
+
+    assert auto_batch_size("cpu", 512) == 1
+    assert auto_batch_size("cuda", 512) == GPU_BATCH_TILE_PIXELS // 512**2 == 8
+    assert auto_batch_size("cuda", 256) == 32 and auto_batch_size("cuda", 128) == 32  # capped
+    assert auto_batch_size("cuda", 2048) == 1
+    sizes: list[int] = []
+
+    class CountingBackend(SoftmaxBackend):
+        def predict(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+            sizes.append(batch.shape[0])
+            return super().predict(batch)
+
+    raster = write_raster(tmp_path / "in.tif", make_image(40, 40, seed=6))
+    request = SegmentationRequest(raster, tmp_path / "c.tif", model_path=tiny_onnx, tile_size_px=16, overlap_px=4)
+    segment_raster(request, backend=CountingBackend())
+    # The grid reaches 2 px (half the overlap) beyond every edge: 44 px hold 4 tiles of 16 px every 12 px.
+    assert set(sizes) == {1} and len(sizes) == tile_count(44, 44, TilingSpec(16, 4)) == 16
+    with rasterio.open(tmp_path / "c.tif") as dataset:
+        assert dataset.tags()["batch_size"] == "1"
+
+
+def test_anchored_grid_runs_at_most_one_more_tile_row_and_column(tmp_path: Path, tiny_onnx: Path) -> None:
+    image = make_image(47, 66, seed=4)
+    raster = write_raster(tmp_path / "in.tif", image)  # 0.5 m pixels from (500000, 2800000)
+    results = {}
+    for grid in ("raster", "anchored"):
+        request = SegmentationRequest(
+            raster, tmp_path / f"{grid}.tif", model_path=tiny_onnx, tile_size_px=16, overlap_px=4, tile_grid=grid
+        )
+        results[grid] = segment_raster(request, backend=SoftmaxBackend())
+        with rasterio.open(tmp_path / f"{grid}.tif") as dataset:
+            np.testing.assert_array_equal(dataset.read(1), expected_probs(image).argmax(axis=0))  # a pointwise model
+            assert dataset.tags()["tile_grid"] == grid
+    # The raster grid reaches 2 px (half the overlap) beyond every edge: 51 x 70 px hold 4 x 6 tiles.
+    assert tile_grid_shape(51, 70, TilingSpec(16, 4)) == (4, 6)
+    assert results["raster"].tile_count == 4 * 6
+    # Stride 12: the first row is row -5,600,000 of the CRS lattice (rows count southwards) and the first column
+    # column 1,000,000, so the anchored grid starts (-5,600,000) mod 12 = 4 rows and 1,000,000 mod 12 = 4 columns
+    # before the raster (and still ends 2 px beyond it): 53 x 72 px hold 5 x 6 tiles.
+    assert results["anchored"].tile_count == 5 * 6
+
+
+def test_in_memory_tiles_are_mirrored_outside_the_image_like_raster_tiles() -> None:
+    from rasterio.windows import Window
+
+    from engine.inference.in_memory import ArrayTileSource
+
+    image = np.arange(2 * 5 * 6, dtype=np.float32).reshape(2, 5, 6)
+    tile, valid = ArrayTileSource(image).read_tile(Window(-2, 3, 6, 4))  # columns -2..3, rows 3..6
+    rows, cols = [3, 4, 3, 2], [2, 1, 0, 1, 2, 3]  # rows 5, 6 mirror 3, 2; columns -2, -1 mirror 2, 1
+    np.testing.assert_array_equal(tile, image[:, rows][:, :, cols])
+    expected_valid = np.zeros((4, 6), dtype=bool)
+    expected_valid[:2, 2:] = True
+    np.testing.assert_array_equal(valid, expected_valid)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -157,7 +158,7 @@ def test_internal_mask_marks_pixels_invalid(make_geotiff: MakeGeoTiff) -> None:
     np.testing.assert_array_equal(valid, mask)
 
 
-def test_window_past_the_edges_is_padded_and_invalid_outside(make_geotiff: MakeGeoTiff) -> None:
+def test_window_past_the_edges_is_mirrored_and_invalid_outside(make_geotiff: MakeGeoTiff) -> None:
     raw = random_bands(3, seed=8)
     with RasterSource.open(make_geotiff(raw, photometric="RGB"), make_tiny_card()) as source:
         tile, valid = source.read_tile(Window(-4, 20, 16, 16))
@@ -166,7 +167,33 @@ def test_window_past_the_edges_is_padded_and_invalid_outside(make_geotiff: MakeG
     expected_valid[0:4, 4:16] = True
     np.testing.assert_array_equal(valid, expected_valid)
     np.testing.assert_allclose(tile[:, 0:4, 4:16], expected_rgb(raw[:, 20:24, 0:12]), atol=1e-5)
-    assert np.all(tile[:, ~expected_valid] == 0.0)
+    # Outside the raster its own pixels are mirrored about the edge pixels, as numpy.pad(mode="reflect") of the whole
+    # raster would (rows 24..35 mirror rows 22..11, columns -4..-1 mirror 4..1): a model sees a continuation of the
+    # image rather than a flat block, and the same continuation whichever tile reaches past the edge.
+    rows = [20, 21, 22, 23, *range(22, 10, -1)]
+    cols = [4, 3, 2, 1, *range(12)]
+    np.testing.assert_allclose(tile, expected_rgb(raw[:, rows][:, :, cols]), atol=1e-5)
+
+
+def test_mean_padding_fills_outside_with_the_band_mean(make_geotiff: MakeGeoTiff, monkeypatch: Any) -> None:
+    from engine.raster import reader
+
+    monkeypatch.setattr(reader, "EDGE_PADDING", "mean")
+    raw = random_bands(3, seed=8)
+    with RasterSource.open(make_geotiff(raw, photometric="RGB"), make_tiny_card()) as source:
+        tile, valid = source.read_tile(Window(-4, 20, 16, 16))
+    assert np.all(tile[:, ~valid] == 0.0)
+
+
+def test_invalid_pixels_inside_are_the_band_mean_also_where_mirrored(make_geotiff: MakeGeoTiff) -> None:
+    raw = random_bands(3, seed=12)
+    raw[:, :, 30:] = 0  # the last two columns are nodata
+    with RasterSource.open(make_geotiff(raw, nodata=0, photometric="RGB"), make_tiny_card()) as source:
+        tile, valid = source.read_tile(Window(24, 0, 12, 24))
+    assert not valid[:, 6:].any() and valid[:, :6].all()
+    assert np.all(tile[:, :, 6:9] == 0.0)  # nodata columns 30, 31 and column 32, their mirror image of 30
+    assert np.all(tile[:, :, :6] != 0.0)
+    np.testing.assert_allclose(tile[:, :, 9:12], tile[:, :, [5, 4, 3]])  # columns 33..35 mirror 29..27
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -313,3 +340,53 @@ def test_resampling_only_when_both_gsds_are_known_and_differ(
         assert (source.height, source.width) == expected
         tile, valid = source.read_tile(full_window(source))
     assert tile.shape == (3, *expected) and valid.all()
+
+
+def test_resampled_grid_lies_on_the_model_gsd_lattice(make_geotiff: MakeGeoTiff) -> None:
+    from rasterio.transform import from_origin
+
+    # 0.5 m pixels, 31 x 41, the corner 0.25 m off the 1 m lattice: cells of exactly 1 m from a multiple of 1 m,
+    # covering the raster (by less than a cell on each side).
+    raw = np.random.default_rng(13).integers(0, 255, size=(3, 31, 41), dtype=np.uint8)
+    transform = from_origin(ORIGIN[0] + 0.25, ORIGIN[1] - 0.25, 0.5, 0.5)
+    path = make_geotiff(raw, transform=transform, photometric="RGB")
+    with RasterSource.open(path, make_tiny_card(gsd_m=1.0)) as source:
+        grid = source.processing_transform
+        assert (grid.a, grid.e) == (1.0, -1.0)
+        assert (grid.c, grid.f) == (ORIGIN[0], ORIGIN[1])  # 500000.25 and 2799999.75 rounded outwards
+        # x: 500000.25 .. 500020.75 -> 21 cells; y: 2799999.75 .. 2799984.25 -> 16 cells.
+        assert (source.width, source.height) == (21, 16)
+
+
+@settings(max_examples=60, deadline=None)
+@given(start=st.integers(-70, 70), count=st.integers(1, 60), length=st.integers(1, 20))
+def test_mirror_indices_are_numpy_reflect_padding_of_the_whole_axis(start: int, count: int, length: int) -> None:
+    from engine.raster.reader import mirror_indices
+
+    pad = 200
+    padded = np.pad(np.arange(length), pad, mode="reflect") if length > 1 else np.zeros(length + 2 * pad, int)
+    np.testing.assert_array_equal(mirror_indices(start, count, length), padded[pad + start : pad + start + count])
+
+
+def test_mirroring_stops_at_the_mirror_depth_and_band_means_follow(make_geotiff: MakeGeoTiff) -> None:
+    raw = random_bands(3, seed=14)
+    path = make_geotiff(raw, photometric="RGB")
+    with RasterSource.open(path, make_tiny_card(), mirror_depth_px=3) as source:
+        tile, valid = source.read_tile(Window(26, 18, 12, 12))  # 6 px past the right and bottom edges
+    expected = expected_rgb(
+        raw[:, [*range(18, 24), 22, 21, 20, 19, 18, 17]][:, :, [*range(26, 32), 30, 29, 28, 27, 26, 25]]
+    )
+    near = np.zeros((12, 12), dtype=bool)
+    near[:9, :9] = True  # inside, or at most 3 px outside in both directions
+    np.testing.assert_allclose(tile[:, near], expected[:, near], atol=1e-5)
+    assert np.all(tile[:, ~near] == 0.0)  # further out: the band mean
+    assert valid[:6, :6].all() and not valid[6:, :].any() and not valid[:, 6:].any()
+
+
+def test_in_memory_mirroring_stops_at_the_mirror_depth() -> None:
+    from engine.inference.in_memory import ArrayTileSource
+
+    image = np.arange(1, 1 + 2 * 5 * 6, dtype=np.float32).reshape(2, 5, 6)
+    tile, _ = ArrayTileSource(image, mirror_depth_px=1).read_tile(Window(-3, 0, 6, 5))  # columns -3..2
+    np.testing.assert_array_equal(tile[:, :, 2:], image[:, :, [1, 0, 1, 2]])  # column -1 mirrors column 1
+    assert np.all(tile[:, :, :2] == 0.0)  # columns -3, -2: beyond the depth

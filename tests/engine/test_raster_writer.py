@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from engine.errors import OutputPathError
-from engine.raster.heatmaps import HEATMAP_SCALE, quantize_probabilities
+from engine.raster.argmax import argmax_classes
+from engine.raster.heatmaps import HEATMAP_SCALE, heatmap_encoding, quantize_probabilities
 from engine.raster.reader import RasterSource
 from engine.raster.writer import SegmentationWriter
 from tests.engine.tiny_assets import TINY_CLASSES, TINY_COLOURS, MakeGeoTiff, make_tiny_card
@@ -372,3 +373,69 @@ def test_same_path_for_classes_and_heatmaps_is_rejected(make_geotiff: MakeGeoTif
     card = make_tiny_card()
     with RasterSource.open(raster, card) as source, pytest.raises(OutputPathError, match="same file"):
         SegmentationWriter(source, tmp_path / "x.tif", tmp_path / "x.tif", card, {})
+
+
+# --- compact heatmaps and the arg-max ------------------------------------------------------------------------
+
+
+def write_heatmaps(make_geotiff: MakeGeoTiff, tmp_path: Path, probs: np.ndarray, dtype: str) -> Path:
+    raster = rgb_raster(make_geotiff, height=probs.shape[1], width=probs.shape[2])
+    card = make_tiny_card()
+    heat = tmp_path / f"heat_{dtype}.tif"
+    with (
+        RasterSource.open(raster, card) as source,
+        SegmentationWriter(source, tmp_path / f"c_{dtype}.tif", heat, card, {}, heatmap_dtype=dtype) as writer,
+    ):
+        write_all(writer, probs, np.ones(probs.shape[1:], dtype=bool), strip=9)
+        writer.commit()
+    return heat
+
+
+def test_uint8_heatmaps_read_through_gdal_as_the_same_probabilities(make_geotiff: MakeGeoTiff, tmp_path: Path) -> None:
+    from osgeo import gdal  # an independent reader
+
+    probs = probs_for(label_pattern(30, 28), seed=6)
+    values = {}
+    for dtype in ("uint16", "uint8"):
+        dataset = gdal.Open(str(write_heatmaps(make_geotiff, tmp_path, probs, dtype)))
+        bands = [dataset.GetRasterBand(b + 1) for b in range(K)]
+        values[dtype] = np.stack([b.ReadAsArray() * b.GetScale() + b.GetOffset() for b in bands])
+        if dtype == "uint8":
+            assert bands[0].DataType == gdal.GDT_Byte and bands[0].GetNoDataValue() == 255
+            assert bands[0].GetScale() == pytest.approx(0.004)
+        dataset = None
+    for dtype, step in (("uint16", 1e-4), ("uint8", 0.004)):
+        np.testing.assert_allclose(values[dtype].sum(axis=0), 1.0, atol=1e-9)
+        assert np.abs(values[dtype] - probs).max() <= step + 1e-7
+    # Whichever encoding: the same probabilities, to the coarser step.
+    assert np.abs(values["uint8"] - values["uint16"]).max() <= 0.004 + 1e-4 + 1e-7
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.float32, st.tuples(st.integers(1, 8), st.integers(1, 40)), elements=st.floats(0, 1, width=32)))
+def test_uint8_quantisation_sums_exactly_and_stays_within_one_unit(scores: np.ndarray) -> None:
+    encoding = heatmap_encoding("uint8")
+    total = scores.sum(axis=0, dtype=np.float64)
+    quantised = quantize_probabilities(scores, np.ones(scores.shape[1], dtype=bool), encoding)
+    assert quantised.dtype == np.uint8 and encoding.scale == 250
+    assert np.all(quantised.astype(np.int64).sum(axis=0) == 250)
+    nonzero = total > 0
+    expected = scores[:, nonzero] / total[nonzero] * 250
+    assert np.all(np.abs(quantised[:, nonzero] - expected) < 1.0 + 1e-6)
+
+
+def test_quantisation_handles_bad_values_and_masks() -> None:
+    probs = np.array([[0.5, np.nan, -1.0, 0.0, 0.2], [0.5, 1.0, 2.0, 0.0, np.inf]], dtype=np.float32)
+    valid = np.array([True, True, True, True, False])
+    quantised = quantize_probabilities(probs, valid)
+    np.testing.assert_array_equal(
+        quantised[:, :4], [[5000, 0, 0, HEATMAP_SCALE], [5000, HEATMAP_SCALE, HEATMAP_SCALE, 0]]
+    )
+    assert np.all(quantised[:, 4] == 65535)
+
+
+@settings(max_examples=80, deadline=None)
+@given(arrays(np.float32, st.tuples(st.integers(1, 12), st.integers(1, 5), st.integers(1, 30)),
+              elements=st.sampled_from([0.0, 0.25, 0.5, 1.0]) | st.floats(0, 1, width=32)))  # fmt: skip
+def test_argmax_classes_equals_numpy_argmax_with_ties_to_the_lower_class(probs: np.ndarray) -> None:
+    np.testing.assert_array_equal(argmax_classes(probs), np.argmax(probs, axis=0))

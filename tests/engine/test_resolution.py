@@ -182,7 +182,8 @@ def test_no_warning_within_a_factor_of_4(make_geotiff: MakeGeoTiff, caplog: pyte
     path = make_geotiff(smooth_image(40, 40), res_m=0.5, photometric="RGB")
     with caplog.at_level(logging.WARNING), RasterSource.open(path, make_tiny_card(gsd_m=1.9)) as source:
         assert source.resampled and not source.resolution_warned
-        assert "input 0.5 m, model 1.9 m: resampled to a 11 x 11 px processing grid" in source.resolution_line
+        # 20 m at 1.9 m cells on the CRS lattice: from cell floor(500000 / 1.9) to ceil(500020 / 1.9), 12 cells.
+        assert "input 0.5 m, model 1.9 m: resampled to a 12 x 12 px processing grid" in source.resolution_line
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 

@@ -126,3 +126,36 @@ def test_invalid_specs_raise_with_a_fix(tile: int, overlap: int, fragment: str) 
 def test_empty_raster_is_rejected() -> None:
     with pytest.raises(InvalidInputError, match="empty"):
         list(iter_tile_windows(0, 10, TilingSpec(8, 2)))
+
+
+def test_anchored_grid_starts_on_the_crs_lattice_of_the_stride() -> None:
+    from affine import Affine
+    from rasterio.transform import from_origin
+
+    from engine.inference.tiling import anchored_grid_start
+
+    spec = TilingSpec(32, 12)  # stride 20
+    # First column 500003 px and first row 2799997 px from the CRS origin (1 m pixels, north up).
+    start = anchored_grid_start(from_origin(500003.0, 2799997.0, 1.0, 1.0), spec)
+    assert start == ((-2799997) % 20, 500003 % 20) == (3, 3)
+    # Cut 7 px further in: the grid starts 7 px later, so its tiles fall on the same ground.
+    later = anchored_grid_start(from_origin(500010.0, 2799990.0, 1.0, 1.0), spec)
+    assert later == (10, 10) and (start[0] + 7) % 20 == later[0]
+    assert anchored_grid_start(Affine.identity(), spec) == (0, 0)  # no georeference: the raster's own corner
+    assert anchored_grid_start(Affine(1.0, 0.2, 0.0, 0.0, -1.0, 0.0), spec) == (0, 0)  # rotated grid
+
+
+def test_grid_reaches_half_the_overlap_beyond_the_raster_and_anchored_grids_keep_that_context() -> None:
+    from affine import Affine
+    from rasterio.transform import from_origin
+
+    from engine.inference.tiling import edge_context_px, grid_margins
+
+    spec = TilingSpec(32, 12)  # stride 20, context 6 px
+    assert edge_context_px(spec) == 6
+    assert grid_margins(spec, "raster") == (6, 6, 6, 6)
+    # Lattice start (3, 3) leaves less than 6 px of context: the grid starts one stride earlier.
+    assert grid_margins(spec, "anchored", from_origin(500003.0, 2799997.0, 1.0, 1.0)) == (23, 23, 6, 6)
+    assert grid_margins(spec, "anchored", from_origin(500010.0, 2799990.0, 1.0, 1.0)) == (10, 10, 6, 6)
+    assert grid_margins(spec, "anchored", Affine.identity()) == (6, 6, 6, 6)  # no georeference: raster grid
+    assert grid_margins(spec, "anchored", None) == (6, 6, 6, 6)
