@@ -9,7 +9,7 @@ import torch
 
 from engine.errors import InvalidInputError
 from engine.models.outputs import SegmentationOutput
-from training.losses import BiCoRSegLoss, HiResNetLoss, LossConfig, build_loss, resolve_model_family
+from training.losses import BiCoRSegLoss, HiResNetLoss, LossConfig, ReferenceLoss, build_loss, resolve_model_family
 
 IGNORE = 255
 K = 3
@@ -67,6 +67,8 @@ def bicorseg_output(batch: int = 2, size: int = 16, layers: int = 2, grad: bool 
         ("bicorseg", "bicorseg", BiCoRSegLoss),
         ("bicorseg_small", "bicorseg", BiCoRSegLoss),
         ("bicorseg_hi_resnet", "bicorseg", BiCoRSegLoss),
+        ("bicorseg_small_lu", "bicorseg", BiCoRSegLoss),
+        ("unet", "reference", ReferenceLoss),
     ],
 )
 def test_build_loss_maps_model_variants_to_their_family(name, family, cls):
@@ -77,7 +79,7 @@ def test_build_loss_maps_model_variants_to_their_family(name, family, cls):
 
 def test_build_loss_rejects_unknown_models():
     with pytest.raises(InvalidInputError, match="hi_resnet"):
-        build_loss("unet", LossConfig(num_classes=K))
+        build_loss("segformer", LossConfig(num_classes=K))
 
 
 def test_hi_resnet_total_uses_paper_weights_on_both_heads():
