@@ -439,3 +439,35 @@ def test_quantisation_handles_bad_values_and_masks() -> None:
               elements=st.sampled_from([0.0, 0.25, 0.5, 1.0]) | st.floats(0, 1, width=32)))  # fmt: skip
 def test_argmax_classes_equals_numpy_argmax_with_ties_to_the_lower_class(probs: np.ndarray) -> None:
     np.testing.assert_array_equal(argmax_classes(probs), np.argmax(probs, axis=0))
+
+
+def test_a_resampled_run_on_an_offset_lattice_goes_back_to_the_input_grid_in_uint8(
+    make_geotiff: MakeGeoTiff, tmp_path: Path
+) -> None:
+    from rasterio.transform import from_origin
+
+    from tests.engine.tiny_assets import ORIGIN
+
+    # 0.5 m pixels whose corner is 0.25 m off the 1 m lattice: the processing grid starts a quarter cell earlier,
+    # so input pixel (2r, 2c) has its centre exactly on the centre of processing cell (r, c).
+    data = np.random.default_rng(5).integers(1, 255, size=(3, 41, 57), dtype=np.uint8)
+    raster = make_geotiff(data, transform=from_origin(ORIGIN[0] + 0.25, ORIGIN[1] - 0.25, 0.5, 0.5), photometric="RGB")
+    card = make_tiny_card(gsd_m=1.0)
+    out, heat = tmp_path / "c.tif", tmp_path / "h.tif"
+    with RasterSource.open(raster, card) as source:
+        assert (source.processing_transform.c, source.processing_transform.f) == ORIGIN
+        labels = label_pattern(source.height, source.width)
+        probs = probs_for(labels, seed=7)
+        with SegmentationWriter(source, out, heat, card, {}, heatmap_dtype="uint8") as writer:
+            write_all(writer, probs, np.ones(labels.shape, dtype=bool), strip=5)
+            writer.commit()
+    with rasterio.open(out) as dst, rasterio.open(heat) as hm:
+        assert dst.shape == (41, 57) and hm.dtypes[0] == "uint8"
+        classes, stored = dst.read(1), hm.read().astype(np.int64)
+    rows, cols = 41 // 2 + 1, 57 // 2 + 1
+    np.testing.assert_array_equal(classes[::2, ::2], labels[:rows, :cols])
+    # There the resampled probabilities are the cell's own (every neighbour's differ), to the UInt8 step.
+    assert np.abs(stored[:, ::2, ::2] / 250 - probs[:, :rows, :cols]).max() <= 0.004 + 1e-4
+    assert np.all(stored.sum(axis=0) == 250)
+    chosen = np.take_along_axis(stored, classes[None].astype(np.int64), axis=0)[0]
+    np.testing.assert_array_equal(chosen, stored.max(axis=0))  # the class stays a maximum of what is stored
