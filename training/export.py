@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -133,6 +134,7 @@ def export_checkpoint(
     opset: int = 17,
     atol: float = DEFAULT_ATOL,
     card_json: Path | None = None,
+    card_metrics: Path | None = None,
 ) -> dict[str, Any]:
     """Export, check and optionally quantise one checkpoint.
 
@@ -145,6 +147,8 @@ def export_checkpoint(
         opset: ONNX opset.
         atol: Largest accepted logit difference between torch and ONNX Runtime.
         card_json: Also write the card as a JSON file here.
+        card_metrics: A JSON file ``{name: number}`` whose values replace the card's ``metrics`` (for example the
+            fold scores of ``python -m training.folds``, when the checkpoint's own validation tile was trained on).
 
     Returns:
         A report: paths, sizes and the parity numbers.
@@ -156,6 +160,8 @@ def export_checkpoint(
         raise InvalidInputError(f"Output '{output}' must end in .onnx.")
     model_file = ModelFile.open(checkpoint)
     card = model_file.card
+    if card_metrics is not None:
+        card = card.replace(metrics=_read_metrics(card_metrics))
     model = model_from_checkpoint(model_file.checkpoint, card, model_file.path.name)
     parity = export_checked(model, card, output, opset=opset, heatmaps=heatmaps, atol=atol)
     divisor = max(int(getattr(model, "size_divisor_px", 1)), card.size_divisor_px)
@@ -182,6 +188,26 @@ def export_checkpoint(
     return report
 
 
+def _read_metrics(path: Path) -> dict[str, float]:
+    """A flat ``{name: number}`` JSON file of card metrics.
+
+    Raises:
+        InvalidInputError: If it is missing, not JSON, or holds anything but names and finite numbers.
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(
+            f"Cannot read card metrics '{path}' ({exc}); give a JSON file of name: number."
+        ) from exc
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        for k, v in data.items()
+    ):
+        raise InvalidInputError(f"Card metrics '{path}' must be one JSON object of names and finite numbers.")
+    return {k: float(v) for k, v in data.items()}
+
+
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path, help="checkpoint written by training.train (e.g. runs/NAME/best.pt)")
@@ -193,6 +219,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     parser.add_argument("--atol", type=float, default=DEFAULT_ATOL, help="largest accepted logit difference")
     parser.add_argument("--card-json", type=Path, default=None, help="also write the model card as JSON here")
+    parser.add_argument("--card-metrics", type=Path, default=None,
+                        help="JSON {name: number} replacing the card's metrics (e.g. runs/folds/RECIPE/card_metrics.json)")  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -208,6 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             opset=args.opset,
             atol=args.atol,
             card_json=args.card_json,
+            card_metrics=args.card_metrics,
         )
     )
 

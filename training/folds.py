@@ -12,7 +12,9 @@ of how noisy one tile is.
 
 Nothing is lost when the work stops: every run resumes from its ``last.pt`` (``--resume auto``), the time budget
 counts the time already spent, and a finished run (``done.json`` in its folder) is not run again. The table is
-rewritten after every fold (``--json``).
+rewritten after every fold (``--json``), and each recipe's fold scores are written as card metrics
+(``<out-dir>/<recipe>/card_metrics.json``: ``fold_mean_miou``, ``fold<k>_miou``) for ``python -m training.export
+--card-metrics`` when the shipped model is then trained on every tile.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Any
 from engine.errors import InvalidInputError
 from training.run_log import read_csv
 
-__all__ = ["FoldScore", "fold_table", "main", "run_fold"]
+__all__ = ["FoldScore", "fold_table", "main", "run_fold", "write_card_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +152,14 @@ def fold_table(out_dir: Path, configs: Sequence[Path], folds: Sequence[int]) -> 
     return {"folds": list(folds), "runs": scores, "summary": summary}
 
 
+def write_card_metrics(out_dir: Path, table: dict[str, Any]) -> None:
+    """Write each recipe's fold scores as ``<out_dir>/<recipe>/card_metrics.json`` (card metric names)."""
+    for recipe, summary in table["summary"].items():
+        metrics = {"fold_mean_miou": summary["mean_last_miou"]}
+        metrics |= {f"fold{r['fold_tile']}_miou": r["last_miou"] for r in table["runs"] if r["recipe"] == recipe}
+        (out_dir / recipe / "card_metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+
+
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.folds", description=__doc__.splitlines()[0])
     parser.add_argument("--config", action="append", required=True, type=Path, help="a recipe (repeatable)")
@@ -176,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.error("%s", exc)
             return 1
         table = fold_table(args.out_dir, args.config, args.folds)
+        write_card_metrics(args.out_dir, table)
         if args.json is not None:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(table, indent=1) + "\n")

@@ -132,3 +132,24 @@ def test_bad_output_name_and_missing_checkpoint_exit_2(checkpoint: tuple[Path, M
     assert main([str(path), "-o", str(tmp_path / "model.pt")]) == 2
     assert main([str(tmp_path / "missing.pt"), "-o", str(tmp_path / "m.onnx")]) == 2
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_card_metrics_replace_the_checkpoints_own(checkpoint: tuple[Path, ModelCard], tmp_path: Path) -> None:
+    path, _ = checkpoint
+    metrics = tmp_path / "card_metrics.json"
+    metrics.write_text(json.dumps({"fold_mean_miou": 0.61, "fold1_miou": 0.58}))
+    onnx_path = tmp_path / "m.onnx"
+    assert main([str(path), "-o", str(onnx_path), "--card-metrics", str(metrics)]) == 0
+    assert dict(read_card(onnx_path).metrics) == {"fold_mean_miou": 0.61, "fold1_miou": 0.58}  # val_miou gone
+
+
+@pytest.mark.parametrize("text", ["not json", '["a"]', '{"miou": "high"}', '{"miou": NaN}'])
+def test_bad_card_metrics_exit_2_naming_the_file(
+    checkpoint: tuple[Path, ModelCard], tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, _ = checkpoint
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(text)
+    assert main([str(path), "-o", str(tmp_path / "m.onnx"), "--card-metrics", str(metrics)]) == 2
+    assert "metrics.json" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()

@@ -39,6 +39,11 @@ def test_every_recipe_trains_on_every_fold_and_is_scored_on_the_held_out_tile(tw
         assert table["summary"][recipe]["mean_last_miou"] == pytest.approx(sum(r["last_miou"] for r in runs) / 2,
                                                                            abs=1e-4)  # fmt: skip
         assert all(r["steps"] == 2 for r in runs)
+    # Each recipe's fold scores as card metrics, for training.export --card-metrics.
+    metrics = json.loads((out / "unet_a" / "card_metrics.json").read_text())
+    runs = {r["fold_tile"]: r["last_miou"] for r in table["runs"] if r["recipe"] == "unet_a"}
+    assert metrics == {"fold_mean_miou": table["summary"]["unet_a"]["mean_last_miou"], "fold1_miou": runs[1],
+                       "fold2_miou": runs[2]}  # fmt: skip
     # The fold's tile was the validation split, and no other tile was: each run's log names what it loaded.
     log = (out / "unet_a" / "fold1" / "train.log").read_text()
     assert "val: 2 images from tiles ['tile1']" in log
