@@ -37,13 +37,11 @@ _PUBLIC: dict[str, str] = {
     "EvaluationResult": "evaluation",
     "evaluate_rasters": "evaluation",
     "write_report": "evaluation",
-    "PROCESSING_OPTION_NAMES": "option_names",
     "VALUE_SCALINGS": "raster.value_scaling",
 }
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
-    "PROCESSING_OPTION_NAMES",
     "VALUE_SCALINGS",
     "BiCoRSegError",
     "CanceledError",

@@ -291,7 +291,7 @@ class SegmentLandCoverAlgorithm(BiCoRSegAlgorithm):
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> tuple[Any, _Run]:
         """The ONE place that reads this algorithm's parameters: returns the engine request and run details."""
-        from ..engine import PROCESSING_OPTION_NAMES, ModelFile, SegmentationRequest, check_output_paths
+        from ..engine import ModelFile, SegmentationRequest, check_output_paths
 
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if layer is None or not layer.isValid():
@@ -350,7 +350,6 @@ class SegmentLandCoverAlgorithm(BiCoRSegAlgorithm):
             mask_geometries=mask,
             resample_to_model_gsd=self.parameterAsBoolean(parameters, self.RESAMPLE, context),
             value_scaling=enum_choice(self, parameters, self.VALUE_SCALING, context),
-            option_names=PROCESSING_OPTION_NAMES,
             hbis_heatmaps_path=Path(hbis_text) if hbis_text else None,
             hbis_layer=self.parameterAsInt(parameters, self.HBIS_LAYER, context),
             vector_path=Path(vector_text) if vector_text else None,

@@ -258,7 +258,6 @@ def open_request_raster(request: SegmentationRequest, card: ModelCard) -> Raster
         extent=request.extent,
         mask_geometries=request.mask_geometries,
         value_scaling=request.value_scaling,
-        names=request.option_names,
     )
 
 
@@ -370,8 +369,7 @@ def _segment_raster(
                 )
         else:
             spec, note = clamp_tiling(
-                spec, source.height, source.width, card.size_divisor_px, request.tile_size_px is not None,
-                request.option_names,
+                spec, source.height, source.width, card.size_divisor_px, request.tile_size_px is not None
             )  # fmt: skip
             if note:
                 logger.info("%s", note)

@@ -11,7 +11,6 @@ from ..backends.contract import BackendOption, DeviceOption
 from ..backends.hbis import LAST_HBIS_LAYER
 from ..errors import InvalidInputError, ModelLoadError
 from ..model_card import ModelCard
-from ..option_names import CLI_OPTION_NAMES, OptionNames
 from ..raster.heatmaps import HEATMAP_DTYPES, HeatmapDtype
 from ..raster.output_paths import check_output_paths as check_raster_outputs
 from ..raster.value_scaling import ValueScaling, check_value_scaling
@@ -58,8 +57,6 @@ class SegmentationRequest:
         heatmap_dtype: Heatmap storage: ``"uint16"`` (probabilities in steps of 1e-4) or ``"uint8"`` (steps of
             0.004: half the bytes, and less work to write).
         num_threads: CPU threads for the backend; None = the backend's default.
-        option_names: How the front end spells the options that messages advise (command-line flags by default;
-            the QGIS plugin passes its Processing parameter names).
         hbis_heatmaps_path: BiCoR-Seg's HBIS class heatmaps of one layer to write (GeoTIFF), or None.
         hbis_layer: Which HBIS layer, from 0 (the paper's H_1); -1 = the last.
         vector_path: Class polygons to write (``.gpkg``, ``.fgb``, ``.geojson``), or None.
@@ -86,7 +83,6 @@ class SegmentationRequest:
     cog: bool = False
     heatmap_dtype: HeatmapDtype = "uint16"
     num_threads: int | None = None
-    option_names: OptionNames = CLI_OPTION_NAMES
     hbis_heatmaps_path: Path | None = None
     hbis_layer: int = LAST_HBIS_LAYER
     vector_path: Path | None = None
@@ -191,7 +187,6 @@ def resolve_tiling(
             names the nearest valid size), differs from the model's fixed input size, or the overlap does not fit.
         ModelLoadError: If the model's fixed input is not square (the engine cuts square tiles).
     """
-    names = request.option_names
     if model_input_size_px is not None:
         height, width = model_input_size_px
         if height != width:
@@ -202,7 +197,7 @@ def resolve_tiling(
         if request.tile_size_px is not None and request.tile_size_px != height:
             raise InvalidInputError(
                 f"Model '{card.name}' takes a fixed {height} x {height} px input, so tiles must be {height} px, not "
-                f"{request.tile_size_px}; use {names.tile_size_default} (or {names.tile(height)})."
+                f"{request.tile_size_px}; use TILE_SIZE 0 (or TILE_SIZE {height})."
             )
         tile = height
     else:
@@ -227,7 +222,6 @@ def clamp_tiling(
     width: int,
     size_divisor_px: int,
     requested: bool = True,
-    names: OptionNames = CLI_OPTION_NAMES,
 ) -> tuple[TilingSpec, str]:
     """Shrink a tile larger than the raster to the smallest size that still covers it in one tile.
 
@@ -241,7 +235,6 @@ def clamp_tiling(
         width: Columns of the processing grid.
         size_divisor_px: The card's size divisor (tile edges are multiples of it).
         requested: Whether the user asked for this tile size (else it is the card's), for the message.
-        names: How the front end spells the tile-size option.
 
     Returns:
         The tiling to use, and the line saying so ("" when nothing changed).
@@ -250,7 +243,7 @@ def clamp_tiling(
     if spec.tile_size_px <= cover:
         return spec, ""
     overlap = spec.overlap_px if spec.overlap_px < cover else cover // 4
-    source = names.tile(spec.tile_size_px) if requested else "the model card's"
+    source = f"TILE_SIZE {spec.tile_size_px}" if requested else "the model card's"
     note = (
         f"Tile size {spec.tile_size_px:,} px ({source}) is larger than the {width:,} x {height:,} px processing "
         f"grid: using {cover:,} px, the smallest tile that covers it."

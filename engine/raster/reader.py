@@ -29,7 +29,6 @@ from rasterio.windows import Window
 
 from ..errors import InvalidRasterError, root_cause
 from ..model_card import ModelCard
-from ..option_names import CLI_OPTION_NAMES, OptionNames
 from .bands import BandLayout, Normalizer, match_bands
 from .input_identity import InputIdentity
 from .regions import RegionFilter
@@ -96,7 +95,6 @@ class RasterSource:
         regions: RegionFilter,
         plan: ResolutionPlan,
         value_scaling: str = "card",
-        names: OptionNames = CLI_OPTION_NAMES,
         mirror_depth_px: int | None = None,
     ) -> None:
         self.path = Path(dataset.name)
@@ -118,7 +116,7 @@ class RasterSource:
         self._closed = False
         self._reader: DatasetReader | WarpedVRT = dataset
         self._warped_alpha: int | None = None
-        self._normalizer, self.scaling_line = self._choose_normalizer(value_scaling, names)
+        self._normalizer, self.scaling_line = self._choose_normalizer(value_scaling)
         self.processing_transform: Affine = plan.transform(dataset.transform)
         self.height: int = plan.height_px
         self.width: int = plan.width_px
@@ -127,11 +125,11 @@ class RasterSource:
             self._reader, self._warped_alpha = _warped_reader(
                 dataset, self.processing_transform, self.height, self.width
             )
-        self.resolution_line, self.resolution_warned = plan.message(f"'{self.path.name}'", names)
+        self.resolution_line, self.resolution_warned = plan.message(f"'{self.path.name}'")
         if self.resolution_warned:
             logger.warning("%s", self.resolution_line)
 
-    def _choose_normalizer(self, value_scaling: str, names: OptionNames) -> tuple[Normalizer, str]:
+    def _choose_normalizer(self, value_scaling: str) -> tuple[Normalizer, str]:
         """The normaliser of the chosen value scaling, and the line describing it (warn when ``card`` misfits)."""
         dataset, card = self._dataset, self.card
         dtypes = [dataset.dtypes[b - 1] for b in self.band_indexes]
@@ -139,7 +137,7 @@ class RasterSource:
             return Normalizer.from_card(card), ""  # the common case: no sample is read
         sample = self._sample()
         if value_scaling == "card":
-            advice = card_range_advice(f"'{self.path.name}'", dtypes, card, sample, names)
+            advice = card_range_advice(f"'{self.path.name}'", dtypes, card, sample)
             if advice:
                 logger.warning("%s", advice)
             return Normalizer.from_card(card), ""
@@ -172,7 +170,6 @@ class RasterSource:
         extent: tuple[float, float, float, float] | None = None,
         mask_geometries: Sequence[Mapping[str, Any]] | None = None,
         value_scaling: str = "card",
-        names: OptionNames = CLI_OPTION_NAMES,
         mirror_depth_px: int | None = None,
     ) -> RasterSource:
         """Open a raster for the model described by ``card``.
@@ -186,7 +183,6 @@ class RasterSource:
             extent: ``(xmin, ymin, xmax, ymax)`` in the raster's CRS; pixels outside are invalid.
             mask_geometries: GeoJSON polygon geometries in the raster's CRS; pixels outside all of them are invalid.
             value_scaling: ``card``, ``minmax`` or ``percentile`` (see :mod:`engine.raster.value_scaling`).
-            names: How the front end spells the options its messages advise.
             mirror_depth_px: How far beyond the raster's edge tiles mirror it (:data:`EDGE_PADDING` ``"reflect"``);
                 band means further out. None: no limit. The pipeline uses half the overlap, the reach of its grid.
 
@@ -220,8 +216,8 @@ class RasterSource:
             regions = RegionFilter.create(extent, mask_geometries, dataset.bounds)
             _warn_about_georeference(dataset)
             plan = _plan(dataset, card, resample_to_model_gsd)
-            plan.check(f"'{path.name}'", names)
-            return cls(dataset, card, band_indexes, regions, plan, value_scaling, names, mirror_depth_px)
+            plan.check(f"'{path.name}'")
+            return cls(dataset, card, band_indexes, regions, plan, value_scaling, mirror_depth_px)
         except BaseException:
             dataset.close()
             raise

@@ -27,7 +27,6 @@ from rasterio.crs import CRS
 from rasterio.errors import CRSError
 
 from ..errors import InvalidRasterError
-from ..option_names import OptionNames
 
 __all__ = [
     "GSD_TOLERANCE",
@@ -153,7 +152,7 @@ class ResolutionPlan:
             self.input_width_px / self.width_px, self.input_height_px / self.height_px
         )
 
-    def check(self, raster_name: str, names: OptionNames) -> None:
+    def check(self, raster_name: str) -> None:
         """Refuse a resampling that would multiply the pixel count by more than :data:`MAX_UPSAMPLING_PIXELS`.
 
         Raises:
@@ -165,11 +164,11 @@ class ResolutionPlan:
             f"{raster_name} has {_m(self.input_gsd_m)} pixels but the model was trained on {_m(self.model_gsd_m)} "
             f"imagery: resampling would multiply the pixel count by {self.pixel_factor:,.0f} (a {self.width_px:,} x "
             f"{self.height_px:,} px processing grid from {self.input_width_px:,} x {self.input_height_px:,} px) and "
-            f"add no detail. Use a model made for about {_m(self.input_gsd_m)} imagery, or {names.resample_off} to "
+            f"add no detail. Use a model made for about {_m(self.input_gsd_m)} imagery, or RESAMPLE false to "
             "run at the raster's own resolution."
         )
 
-    def message(self, raster_name: str, names: OptionNames) -> tuple[str, bool]:
+    def message(self, raster_name: str) -> tuple[str, bool]:
         """The one line stating the resolutions and the grid, and whether it is a warning."""
         grid = f"{self.width_px:,} x {self.height_px:,}"
         input_grid = f"{self.input_width_px:,} x {self.input_height_px:,} px"
@@ -185,7 +184,7 @@ class ResolutionPlan:
                 return (
                     f"{head}: downsampled {1 / factor:.3g}x to a {grid} px processing grid (input {input_grid}), so "
                     f"the model sees {grid} pixels and detail finer than {_m(self.model_gsd_m)} is lost. For the full "
-                    f"detail use a model made for about {_m(self.input_gsd_m)} imagery, or {names.resample_off} (the "
+                    f"detail use a model made for about {_m(self.input_gsd_m)} imagery, or RESAMPLE false (the "
                     f"model then sees objects {1 / factor:.3g}x larger than in training)."
                 ), True
             if far:
@@ -197,12 +196,12 @@ class ResolutionPlan:
         if self.resample_requested or self.input_pixel_m is None or self.model_gsd_m is None:
             return f"{head}: processing the input grid, {grid} px.", False
         if not far:
-            return f"{head}, {names.resample_off}: processing the input grid at its own resolution, {grid} px.", False
+            return f"{head}, RESAMPLE false: processing the input grid at its own resolution, {grid} px.", False
         size, ratio = ("larger", 1 / factor) if factor < 1.0 else ("smaller", factor)
         return (
-            f"{head}, {names.resample_off}: the model sees the {grid} px input grid with objects {ratio:.3g}x {size} "
+            f"{head}, RESAMPLE false: the model sees the {grid} px input grid with objects {ratio:.3g}x {size} "
             f"than in the {_m(self.model_gsd_m)} imagery it was trained on; expect poor results. Use "
-            f"{names.resample_on} to resample, or a model made for about {_m(self.input_gsd_m)} imagery."
+            f"RESAMPLE true to resample, or a model made for about {_m(self.input_gsd_m)} imagery."
         ), True
 
     def _unknown_input(self) -> str:

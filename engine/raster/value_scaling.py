@@ -26,7 +26,6 @@ from rasterio.windows import Window
 
 from ..errors import InvalidInputError
 from ..model_card import ModelCard
-from ..option_names import OptionNames
 
 __all__ = [
     "PERCENTILES",
@@ -153,9 +152,7 @@ def stored_minmax(tags: Mapping[str, str]) -> tuple[float, float] | None:
         return None
 
 
-def card_range_advice(
-    raster_name: str, dtypes: Sequence[str], card: ModelCard, sample: BandSample, names: OptionNames
-) -> str | None:
+def card_range_advice(raster_name: str, dtypes: Sequence[str], card: ModelCard, sample: BandSample) -> str | None:
     """Under ``card`` scaling: a warning when the sampled values do not fit the card's range, else None.
 
     Values of the card's own data type are taken as fitting; other types (16-bit, float, signed) are checked: a
@@ -170,7 +167,7 @@ def card_range_advice(
     p_low, p_high = (float(np.percentile(values, q)) for q in PERCENTILES)
     kind = "/".join(sorted(set(dtypes)))
     fix = (
-        f"Use {names.scaling('percentile')} (each band's 2-98 % range; {names.scaling('minmax')} for its full "
+        "Use VALUE_SCALING percentile (each band's 2-98 % range; VALUE_SCALING minmax for its full "
         "range) to scale the raster's own range to the model's"
     )
     if outside > _OUTSIDE_SHARE:

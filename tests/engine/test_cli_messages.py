@@ -68,6 +68,19 @@ def test_spelling_for_the_command_line_leaves_quoted_paths_alone() -> None:
     assert for_command_line("MASK and VECTOR_OUTPUT") == "MASK and --vector"  # MASK has no flag: left as it is
 
 
+def test_spelling_for_the_command_line_reads_apostrophes_as_apostrophes_and_defaults_as_no_flag() -> None:
+    from engine.option_names import for_command_line
+
+    # An apostrophe is not a quote: "band's ... raster's" must not hide the option between them.
+    message = "'u16.tif' is out of range. Use VALUE_SCALING percentile (each band's range) for the raster's values."
+    assert for_command_line(message) == (
+        "'u16.tif' is out of range. Use --value-scaling percentile (each band's range) for the raster's values."
+    )
+    assert for_command_line("use TILE_SIZE 0 (or TILE_SIZE 24)") == "use no --tile-size (or --tile-size 24)"
+    assert for_command_line("Use RESAMPLE true to resample") == "Use no --no-resample to resample"
+    assert for_command_line("'TILE_SIZE 0.tif'") == "'TILE_SIZE 0.tif'"  # inside a quoted path: untouched
+
+
 def _messages_in(tree: ast.AST) -> list[str]:
     """Text of the strings passed to raise ...(...) and logger calls."""
     found = []

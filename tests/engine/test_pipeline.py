@@ -22,6 +22,7 @@ from engine.inference.pipeline import (
 )
 from engine.inference.tiling import TilingSpec, tile_count, tile_grid_shape
 from engine.model_card import NODATA_CLASS
+from engine.option_names import for_command_line
 from engine.raster.write_behind import WriteBehind
 from tests.engine.pipeline_helpers import (
     TINY_CARD,
@@ -376,9 +377,10 @@ def test_a_tile_size_other_than_the_fixed_input_is_one_clear_error(tmp_path: Pat
     model = build_fixed_size_onnx(tmp_path / "fixed.onnx", size_px=24)
     raster = write_raster(tmp_path / "in.tif", make_image(30, 30))
     request = SegmentationRequest(raster, tmp_path / "c.tif", model_path=model, tile_size_px=32)
-    with pytest.raises(InvalidInputError, match=r"fixed 24 x 24 px input, so tiles must be 24 px, not 32; use no "
-                                                r"--tile-size \(or --tile-size 24\)"):  # fmt: skip
+    with pytest.raises(InvalidInputError, match=r"fixed 24 x 24 px input, so tiles must be 24 px, not 32; use "
+                                                r"TILE_SIZE 0 \(or TILE_SIZE 24\)") as caught:  # fmt: skip
         segment_raster(request)
+    assert "use no --tile-size (or --tile-size 24)" in for_command_line(str(caught.value))  # the CLI's spelling
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fixed.onnx", "in.tif"]
 
 
@@ -400,7 +402,8 @@ def test_a_tile_larger_than_the_raster_is_clamped_to_the_smallest_that_covers_it
     said = [r.getMessage() for r in caplog.records if "is larger than the 57 x 41 px processing grid" in r.getMessage()]
     assert len(said) == (1 if tile > expected else 0)
     if said:
-        assert f"--tile-size {tile}" in said[0] and f"using {expected} px" in said[0]
+        assert f"TILE_SIZE {tile}" in said[0] and f"using {expected} px" in said[0]
+        assert f"--tile-size {tile}" in for_command_line(said[0])
 
 
 def test_nan_outputs_fail_naming_their_share_and_write_nothing(tmp_path: Path, tiny_onnx: Path) -> None:

@@ -17,7 +17,7 @@ from rasterio.transform import from_origin
 from engine.cli import EXIT_BAD_INPUT, main
 from engine.errors import InvalidRasterError
 from engine.inference.pipeline import SegmentationRequest, segment_raster
-from engine.option_names import PROCESSING_OPTION_NAMES
+from engine.option_names import for_command_line
 from engine.raster.reader import RasterSource
 from engine.raster.resolution import metres_per_degree, pixel_size_m, plan_resolution
 from tests.engine.pipeline_helpers import TINY_CARD, build_tiny_onnx, make_image
@@ -146,7 +146,7 @@ def test_a_coarse_raster_that_would_be_upsampled_over_16x_is_refused(make_geotif
     with pytest.raises(InvalidRasterError) as caught:
         RasterSource.open(path, make_tiny_card(gsd_m=2.0))
     message = str(caught.value)
-    for part in ("300 m", "2 m", "22,500", "15,000 x 15,000 px", "a model made for about 300 m", "--no-resample"):
+    for part in ("300 m", "2 m", "22,500", "15,000 x 15,000 px", "a model made for about 300 m", "RESAMPLE false"):
         assert part in message, message
     with RasterSource.open(path, make_tiny_card(gsd_m=2.0), resample_to_model_gsd=False) as source:
         assert (source.height, source.width) == (100, 100) and source.resolution_warned  # runs, with the warning
@@ -159,11 +159,13 @@ def test_upsampling_up_to_16x_the_pixels_runs(make_geotiff: MakeGeoTiff) -> None
         assert (source.height, source.width) == (40, 40) and not source.resolution_warned
 
 
-def test_the_refusal_in_qgis_names_the_processing_parameter(make_geotiff: MakeGeoTiff) -> None:
+def test_the_refusal_names_the_processing_parameter_and_the_cli_its_flag(make_geotiff: MakeGeoTiff) -> None:
     path = make_geotiff(smooth_image(100, 100), res_m=300.0, photometric="RGB")
     with pytest.raises(InvalidRasterError, match="RESAMPLE false") as caught:
-        RasterSource.open(path, make_tiny_card(gsd_m=2.0), names=PROCESSING_OPTION_NAMES)
-    assert "--" not in str(caught.value)
+        RasterSource.open(path, make_tiny_card(gsd_m=2.0))
+    assert "--" not in str(caught.value)  # one spelling in the engine: QGIS shows it as it is
+    on_the_command_line = for_command_line(str(caught.value))
+    assert "--no-resample to run" in on_the_command_line and "RESAMPLE" not in on_the_command_line
 
 
 def test_a_much_finer_raster_warns_what_the_model_sees(
@@ -175,7 +177,7 @@ def test_a_much_finer_raster_warns_what_the_model_sees(
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, warnings
     assert "the model sees 20 x 20 pixels" in warnings[0] and "0.1 m" in warnings[0] and "2 m" in warnings[0]
-    assert "--no-resample" in warnings[0]
+    assert "RESAMPLE false" in warnings[0] and "--no-resample" in for_command_line(warnings[0])
 
 
 def test_no_warning_within_a_factor_of_4(make_geotiff: MakeGeoTiff, caplog: pytest.LogCaptureFixture) -> None:
