@@ -13,7 +13,8 @@ import rasterio
 from rasterio.windows import Window
 
 from engine.errors import CanceledError, InvalidInputError, OutputPathError
-from training.chips import ChipRequest, choose_cut, main, write_chips
+from training.chip_splits import choose_cut
+from training.chips import ChipRequest, main, write_chips
 from training.labels import ClassScheme, LabelClass, LabelFeature, PolygonLabels, RasterLabels
 
 from .labelled_raster import NAMES, box, class_map, trace, write_labels, write_raster
