@@ -135,6 +135,7 @@ def export_checkpoint(
     atol: float = DEFAULT_ATOL,
     card_json: Path | None = None,
     card_metrics: Path | None = None,
+    training_data: str | None = None,
 ) -> dict[str, Any]:
     """Export, check and optionally quantise one checkpoint.
 
@@ -149,6 +150,8 @@ def export_checkpoint(
         card_json: Also write the card as a JSON file here.
         card_metrics: A JSON file ``{name: number}`` whose values replace the card's ``metrics`` (for example the
             fold scores of ``python -m training.folds``, when the checkpoint's own validation tile was trained on).
+        training_data: Replaces the card's ``training_data`` text (what the model was trained on and how the
+            checkpoint was chosen), when the trainer's does not describe it (e.g. the last checkpoint is shipped).
 
     Returns:
         A report: paths, sizes and the parity numbers.
@@ -162,6 +165,8 @@ def export_checkpoint(
     card = model_file.card
     if card_metrics is not None:
         card = card.replace(metrics=_read_metrics(card_metrics))
+    if training_data is not None:
+        card = card.replace(training_data=training_data)
     model = model_from_checkpoint(model_file.checkpoint, card, model_file.path.name)
     parity = export_checked(model, card, output, opset=opset, heatmaps=heatmaps, atol=atol)
     divisor = max(int(getattr(model, "size_divisor_px", 1)), card.size_divisor_px)
@@ -221,6 +226,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--card-json", type=Path, default=None, help="also write the model card as JSON here")
     parser.add_argument("--card-metrics", type=Path, default=None,
                         help="JSON {name: number} replacing the card's metrics (e.g. runs/folds/RECIPE/card_metrics.json)")  # fmt: skip
+    parser.add_argument("--training-data", default=None, metavar="TEXT",
+                        help="replaces the card's training_data text (what it was trained on, which checkpoint)")  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -237,6 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             atol=args.atol,
             card_json=args.card_json,
             card_metrics=args.card_metrics,
+            training_data=args.training_data,
         )
     )
 

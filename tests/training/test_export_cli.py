@@ -139,8 +139,10 @@ def test_card_metrics_replace_the_checkpoints_own(checkpoint: tuple[Path, ModelC
     metrics = tmp_path / "card_metrics.json"
     metrics.write_text(json.dumps({"fold_mean_miou": 0.61, "fold1_miou": 0.58}))
     onnx_path = tmp_path / "m.onnx"
-    assert main([str(path), "-o", str(onnx_path), "--card-metrics", str(metrics)]) == 0
+    text = "all seven tiles; the last checkpoint"
+    assert main([str(path), "-o", str(onnx_path), "--card-metrics", str(metrics), "--training-data", text]) == 0
     assert dict(read_card(onnx_path).metrics) == {"fold_mean_miou": 0.61, "fold1_miou": 0.58}  # val_miou gone
+    assert read_card(onnx_path).training_data == text
 
 
 @pytest.mark.parametrize("text", ["not json", '["a"]', '{"miou": "high"}', '{"miou": NaN}'])
