@@ -195,10 +195,12 @@ def changed_share(original: np.ndarray, shifted: np.ndarray, shift_px: int) -> d
     return result
 
 
-def default_cases(model_key: str, shifts: list[int], quick: bool) -> list[Case]:
-    """The configurations measured for one model."""
+def default_cases(model_key: str, shifts: list[int], quick: bool, card_overlap_px: int = 32) -> list[Case]:
+    """The configurations measured for one model (a model given as a path: its card's overlap, 2x and 4x it)."""
     cases: list[Case] = []
-    card_overlaps = {"unet": [77, 128, 256], "default": [32, 64, 128]}[model_key]
+    card_overlaps = {"unet": [77, 128, 256], "default": [32, 64, 128]}.get(
+        model_key, [card_overlap_px, 2 * card_overlap_px, 4 * card_overlap_px]
+    )
     overlaps = card_overlaps[:1] if quick else card_overlaps
     for shift in shifts:
         for resample in (True, False):
@@ -243,7 +245,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             backend = load_backend(model_file, "onnxruntime", "cpu", args.threads)
             card = model_file.card
             rows = []
-            for case in default_cases(key, args.shifts, args.quick):
+            for case in default_cases(key, args.shifts, args.quick, card.overlap_px):
                 if args.cases and not any(case.name.startswith(prefix) for prefix in args.cases):
                     continue
                 classes, seconds = {}, {}

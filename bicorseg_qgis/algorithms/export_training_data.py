@@ -15,21 +15,17 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingOutputNumber,
-    QgsProcessingParameterField,
     QgsProcessingParameterFolderDestination,
-    QgsProcessingParameterMapLayer,
     QgsProcessingParameterNumber,
-    QgsProcessingParameterRasterLayer,
 )
 
-from ..compat import NUMBER_INTEGER, POLYGON_SOURCE, RASTER_SOURCE
+from ..compat import NUMBER_INTEGER
 from ..feedback import FeedbackProgress
 from ..layer_input import raster_input
-from .base import BiCoRSegAlgorithm
-from .train_model import training_labels
+from .training_inputs import TrainingAlgorithm, add_labelled_raster_parameters, training_labels
 
 
-class ExportTrainingDataAlgorithm(BiCoRSegAlgorithm):
+class ExportTrainingDataAlgorithm(TrainingAlgorithm):
     """Write training chips of a labelled raster (frozen public interface)."""
 
     DEPENDENCY_PROFILE = "cpu"
@@ -51,14 +47,6 @@ class ExportTrainingDataAlgorithm(BiCoRSegAlgorithm):
         """Toolbox title."""
         return self.tr("Export training data")
 
-    def group(self) -> str:
-        """Toolbox group (translated)."""
-        return self.tr("Training")
-
-    def groupId(self) -> str:
-        """Stable group id."""
-        return "training"
-
     def shortHelpString(self) -> str:
         """Help shown beside the dialog."""
         return self.tr(
@@ -71,20 +59,7 @@ class ExportTrainingDataAlgorithm(BiCoRSegAlgorithm):
 
     def initAlgorithm(self, configuration: dict[str, Any] | None = None) -> None:
         """Declare the frozen parameters."""
-        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster layer")))
-        self.addParameter(
-            QgsProcessingParameterMapLayer(
-                self.LABELS,
-                self.tr("Labels (polygons with a class field, or a class raster)"),
-                types=[POLYGON_SOURCE, RASTER_SOURCE],
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterField(
-                self.CLASS_FIELD, self.tr("Class field of the label polygons"), parentLayerParameterName=self.LABELS,
-                optional=True,
-            )
-        )  # fmt: skip
+        add_labelled_raster_parameters(self)
         self.addParameter(
             QgsProcessingParameterNumber(
                 self.TILE_SIZE, self.tr("Chip size in pixels"), NUMBER_INTEGER, defaultValue=256, minValue=16

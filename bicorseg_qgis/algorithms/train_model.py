@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from qgis.core import (
-    QgsMapLayer,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
@@ -20,23 +19,19 @@ from qgis.core import (
     QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSource,
-    QgsProcessingParameterField,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
-    QgsProcessingParameterMapLayer,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
-    QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
     QgsProcessingUtils,
     QgsRasterLayer,
 )
 
-from .. import label_layers
-from ..compat import FILE_BEHAVIOR_FILE, NUMBER_DOUBLE, NUMBER_INTEGER, POLYGON_SOURCE, RASTER_SOURCE, mark_advanced
+from ..compat import FILE_BEHAVIOR_FILE, NUMBER_DOUBLE, NUMBER_INTEGER, POLYGON_SOURCE, mark_advanced
 from ..feedback import FeedbackProgress, engine_messages_to_feedback
 from ..layer_input import raster_input
-from .base import BiCoRSegAlgorithm
+from .training_inputs import TrainingAlgorithm, add_labelled_raster_parameters, optional_polygons, training_labels
 
 DEVICES = ("auto", "cpu", "cuda")
 #: ARCHITECTURE's static strings: fine-tune BASE_MODEL (or the bundled model), or train one of these from scratch.
@@ -48,69 +43,7 @@ ARCHITECTURES = (FROM_BASE_MODEL, "bicorseg_small", "hi_resnet_small", "bicorseg
 TRAINING_MODULES = ["numpy", "rasterio", "torch", "onnx", "onnxruntime", "yaml", "PIL", "matplotlib", "tqdm"]
 
 
-def training_labels(
-    algorithm: BiCoRSegAlgorithm,
-    parameters: dict[str, Any],
-    context: QgsProcessingContext,
-    feedback: QgsProcessingFeedback,
-    raster: QgsRasterLayer,
-) -> Any:
-    """LABELS (polygons with CLASS_FIELD, or a class raster) as the training package's label object."""
-    from ..training import LabelClass, LabelFeature, PolygonLabels, RasterLabels, normalise_value
-
-    layer: QgsMapLayer | None = algorithm.parameterAsLayer(parameters, "LABELS", context)
-    if layer is None or not layer.isValid():
-        raise QgsProcessingException(
-            algorithm.tr("LABELS is not a valid layer; choose a polygon layer or a class raster.")
-        )
-    field = (algorithm.parameterAsString(parameters, "CLASS_FIELD", context) or "").strip()
-    if isinstance(layer, QgsRasterLayer):
-        found = label_layers.read_class_raster(layer)
-        styles = tuple(LabelClass(v, n, c) for v, n, c in found.styles)
-        return RasterLabels(found.path, found.band, found.source, styles)
-    if not field:
-        raise QgsProcessingException(
-            algorithm.tr("CLASS_FIELD is empty; choose the field of LABELS that holds each polygon's class.")
-        )
-    polygons = label_layers.read_polygons(layer, layer.name(), field, raster.crs(), context, feedback, "LABELS")
-    return _as_polygon_labels(polygons, PolygonLabels, LabelFeature, LabelClass, normalise_value)
-
-
-def _as_polygon_labels(polygons: Any, polygon_labels: Any, feature: Any, label_class: Any, normalise: Any) -> Any:
-    field_label = f"Field '{polygons.class_field}' of '{polygons.source}'"
-    features = tuple(
-        feature(geometry, normalise(value, field_label) if polygons.class_field else None)
-        for geometry, value in polygons.features
-    )
-    styles = tuple(label_class(normalise(v, field_label), n, c) for v, n, c in polygons.styles)
-    return polygon_labels(features, polygons.crs_wkt or None, polygons.source, polygons.class_field, styles)
-
-
-def optional_polygons(
-    algorithm: BiCoRSegAlgorithm,
-    parameters: dict[str, Any],
-    name: str,
-    class_field: str,
-    context: QgsProcessingContext,
-    feedback: QgsProcessingFeedback,
-    raster: QgsRasterLayer,
-) -> Any:
-    """An optional polygon parameter as training polygons: with ``class_field`` when the layer has it, else areas."""
-    from ..training import LabelClass, LabelFeature, PolygonLabels, normalise_value
-
-    if parameters.get(name) in (None, ""):
-        return None
-    source = algorithm.parameterAsSource(parameters, name, context)
-    if source is None:
-        raise QgsProcessingException(algorithm.invalidSourceError(parameters, name))
-    has_field = bool(class_field) and class_field in [f.name() for f in source.fields()]
-    layer_name = source.sourceName() or name
-    polygons = label_layers.read_polygons(source, layer_name, class_field if has_field else "", raster.crs(), context,
-                                          feedback, name)  # fmt: skip
-    return _as_polygon_labels(polygons, PolygonLabels, LabelFeature, LabelClass, normalise_value)
-
-
-class TrainModelAlgorithm(BiCoRSegAlgorithm):
+class TrainModelAlgorithm(TrainingAlgorithm):
     """Fine-tune a land-cover model on the user's own labels (frozen public interface)."""
 
     DEPENDENCY_PROFILE = "training"
@@ -142,14 +75,6 @@ class TrainModelAlgorithm(BiCoRSegAlgorithm):
         """Toolbox title."""
         return self.tr("Train model on labelled layers")
 
-    def group(self) -> str:
-        """Toolbox group (translated)."""
-        return self.tr("Training")
-
-    def groupId(self) -> str:
-        """Stable group id."""
-        return "training"
-
     def shortHelpString(self) -> str:
         """Help shown beside the dialog."""
         return self.tr(
@@ -169,20 +94,7 @@ class TrainModelAlgorithm(BiCoRSegAlgorithm):
 
     def initAlgorithm(self, configuration: dict[str, Any] | None = None) -> None:
         """Declare the frozen parameters (names, types and enum strings are a public interface)."""
-        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster layer")))
-        self.addParameter(
-            QgsProcessingParameterMapLayer(
-                self.LABELS,
-                self.tr("Labels (polygons with a class field, or a class raster)"),
-                types=[POLYGON_SOURCE, RASTER_SOURCE],
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterField(
-                self.CLASS_FIELD, self.tr("Class field of the label polygons"), parentLayerParameterName=self.LABELS,
-                optional=True,
-            )
-        )  # fmt: skip
+        add_labelled_raster_parameters(self)
         self.addParameter(
             QgsProcessingParameterFeatureSource(
                 self.VALIDATION, self.tr("Validation polygons (empty = hold out 20 % automatically)"),
