@@ -215,42 +215,45 @@ def _project_of(context: QgsProcessingContext) -> QgsProject:
     return context.project() or QgsProject.instance()
 
 
-class ClassLayerPostProcessor(QgsProcessingLayerPostProcessorInterface):
+class _ClassPostProcessor(QgsProcessingLayerPostProcessorInterface):
+    """Styles a loaded class layer with the card's palette and moves it to the top of the run's group."""
+
+    def __init__(self, class_names: Sequence[str], class_colors: Sequence[str], group: OutputGroup) -> None:
+        super().__init__()
+        self.class_names = tuple(class_names)
+        self.class_colors = tuple(class_colors)
+        self.group = group
+
+    def _style(self, layer: QgsMapLayer) -> bool:
+        """Style ``layer`` if it is of this post-processor's kind; whether it was."""
+        raise NotImplementedError
+
+    def postProcessLayer(
+        self, layer: QgsMapLayer, context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> None:
+        """Runs on the main thread once the layer is in the project."""
+        if self._style(layer):
+            self.group.adopt(layer, _project_of(context), position=0)
+
+
+class ClassLayerPostProcessor(_ClassPostProcessor):
     """Styles the loaded class raster with the card's palette and moves it into the run's group."""
 
-    def __init__(self, class_names: Sequence[str], class_colors: Sequence[str], group: OutputGroup) -> None:
-        super().__init__()
-        self.class_names = tuple(class_names)
-        self.class_colors = tuple(class_colors)
-        self.group = group
-
-    def postProcessLayer(
-        self, layer: QgsMapLayer, context: QgsProcessingContext, feedback: QgsProcessingFeedback
-    ) -> None:
-        """Runs on the main thread once the layer is in the project."""
+    def _style(self, layer: QgsMapLayer) -> bool:
         if not isinstance(layer, QgsRasterLayer):
-            return
+            return False
         style_class_layer(layer, self.class_names, self.class_colors)
-        self.group.adopt(layer, _project_of(context), position=0)
+        return True
 
 
-class ClassVectorPostProcessor(QgsProcessingLayerPostProcessorInterface):
+class ClassVectorPostProcessor(_ClassPostProcessor):
     """Styles the loaded class polygons with the card's colours (categorised on class_index), in the run's group."""
 
-    def __init__(self, class_names: Sequence[str], class_colors: Sequence[str], group: OutputGroup) -> None:
-        super().__init__()
-        self.class_names = tuple(class_names)
-        self.class_colors = tuple(class_colors)
-        self.group = group
-
-    def postProcessLayer(
-        self, layer: QgsMapLayer, context: QgsProcessingContext, feedback: QgsProcessingFeedback
-    ) -> None:
-        """Runs on the main thread once the layer is in the project."""
+    def _style(self, layer: QgsMapLayer) -> bool:
         if not isinstance(layer, QgsVectorLayer):
-            return
+            return False
         style_class_vector_layer(layer, self.class_names, self.class_colors)
-        self.group.adopt(layer, _project_of(context), position=0)
+        return True
 
 
 class HeatmapLayerPostProcessor(QgsProcessingLayerPostProcessorInterface):
