@@ -142,6 +142,27 @@ def test_two_workers_give_the_single_process_result(
     assert leftovers(tmp_path) == []  # no parts folder, no temp files
 
 
+def test_the_anchored_grid_and_uint8_heatmaps_give_the_single_process_result(
+    tmp_path: Path, tiny_onnx: Path, cluster: tuple[LocalCluster, Client]
+) -> None:
+    # Every worker places the tile grid as a single-process run does (request_margins), anchored included, and the
+    # parts keep the requested heatmap encoding through the assembly.
+    _, client = cluster
+    source = write_input(tmp_path)
+    options = {"tile_grid": "anchored", "heatmap_dtype": "uint8"}
+    segment_raster(request(tmp_path, source, tiny_onnx, "single", **options))
+    segment_distributed(request(tmp_path, source, tiny_onnx, "dask", **options), ClusterOptions(super_tile_px=256),
+                        progress=RecordingProgress(), client=client)  # fmt: skip
+    classes_1, meta_1 = read(tmp_path / "single.tif")
+    classes_2, meta_2 = read(tmp_path / "dask.tif")
+    np.testing.assert_array_equal(classes_2, classes_1)
+    assert meta_2 == meta_1 and meta_1["tags"]["tile_grid"] == "anchored"
+    heat_1, hmeta_1 = read(tmp_path / "single_heat.tif")
+    heat_2, hmeta_2 = read(tmp_path / "dask_heat.tif")
+    assert hmeta_2 == hmeta_1 and hmeta_1["dtype"] == ("uint8",) * 3 and hmeta_1["nodata"] == 255
+    assert np.abs(heat_2.astype(np.int32) - heat_1.astype(np.int32)).max() <= 1
+
+
 def test_cli_on_an_existing_scheduler_uploads_the_model_once(
     tmp_path: Path, tiny_onnx: Path, cluster: tuple[LocalCluster, Client]
 ) -> None:
