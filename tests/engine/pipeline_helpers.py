@@ -51,6 +51,26 @@ def build_tiny_onnx(path: Path, card: ModelCard = TINY_CARD) -> Path:
     return path
 
 
+def build_conv_onnx(path: Path, card: ModelCard = TINY_CARD, seed: int = 0) -> Path:
+    """Two 3x3 convolutions (zero padding, fixed random weights): unlike the pointwise model, a pixel's answer
+    depends on its neighbours and, at a tile's edge, on where the tile falls."""
+    import onnx
+    import torch
+
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(card.num_bands, 6, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(6, card.num_classes, 3, padding=1),
+    ).eval()  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        _export(net, path, card)
+    proto = onnx.load(str(path))
+    embed_card(proto, card)
+    onnx.save(proto, str(path))
+    return path
+
+
 def _export(module: object, path: Path, card: ModelCard) -> None:
     import torch
 
