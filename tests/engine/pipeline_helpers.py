@@ -33,7 +33,6 @@ TINY_CARD = ModelCard(
 
 def build_tiny_onnx(path: Path, card: ModelCard = TINY_CARD) -> Path:
     """Export a 1x1 convolution (logits = GAIN x normalised bands) to ONNX with the card in its metadata."""
-    import onnx
     import torch
 
     conv = torch.nn.Conv2d(card.num_bands, card.num_classes, kernel_size=1, bias=False)
@@ -42,19 +41,13 @@ def build_tiny_onnx(path: Path, card: ModelCard = TINY_CARD) -> Path:
         for k in range(min(card.num_bands, card.num_classes)):
             conv.weight[k, k, 0, 0] = GAIN
     conv.eval()
-    with warnings.catch_warnings():  # the legacy exporter warns about itself; it needs no onnxscript
-        warnings.simplefilter("ignore", DeprecationWarning)
-        _export(conv, path, card)
-    proto = onnx.load(str(path))
-    embed_card(proto, card)
-    onnx.save(proto, str(path))
+    _export(conv, path, card)
     return path
 
 
 def build_conv_onnx(path: Path, card: ModelCard = TINY_CARD, seed: int = 0) -> Path:
     """Two 3x3 convolutions (zero padding, fixed random weights): unlike the pointwise model, a pixel's answer
     depends on its neighbours and, at a tile's edge, on where the tile falls."""
-    import onnx
     import torch
 
     torch.manual_seed(seed)
@@ -62,28 +55,33 @@ def build_conv_onnx(path: Path, card: ModelCard = TINY_CARD, seed: int = 0) -> P
         torch.nn.Conv2d(card.num_bands, 6, 3, padding=1), torch.nn.ReLU(),
         torch.nn.Conv2d(6, card.num_classes, 3, padding=1),
     ).eval()  # fmt: skip
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        _export(net, path, card)
-    proto = onnx.load(str(path))
-    embed_card(proto, card)
-    onnx.save(proto, str(path))
+    _export(net, path, card)
     return path
 
 
 def _export(module: object, path: Path, card: ModelCard) -> None:
+    """A dynamic-size ONNX export of ``module`` with ``card`` embedded."""
+    import onnx
     import torch
 
-    torch.onnx.export(
-        module,
-        (torch.zeros(1, card.num_bands, 16, 16),),
-        str(path),
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}},
-        opset_version=17,
-        dynamo=False,
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer notices; it needs no onnxscript
+        torch.onnx.export(
+            module,
+            (torch.zeros(1, card.num_bands, 16, 16),),
+            str(path),
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={
+                "input": {0: "batch", 2: "height", 3: "width"},
+                "logits": {0: "batch", 2: "height", 3: "width"},
+            },
+            opset_version=17,
+            dynamo=False,
+        )
+    proto = onnx.load(str(path))
+    embed_card(proto, card)
+    onnx.save(proto, str(path))
 
 
 def make_image(height: int, width: int, seed: int = 0) -> NDArray[np.uint8]:
@@ -203,7 +201,6 @@ def build_brightness_onnx(path: Path, card: ModelCard = TINY_CARD) -> Path:
     Logits are ``-4 (m - c_k)^2`` for the mean ``m`` of the normalised bands, so unlike the pointwise model, a
     raster scaled by the wrong range (a 16-bit image under the card's 0-255) gets other classes.
     """
-    import onnx
     import torch
 
     class Brightness(torch.nn.Module):
@@ -211,12 +208,7 @@ def build_brightness_onnx(path: Path, card: ModelCard = TINY_CARD) -> Path:
             centres = torch.tensor(BRIGHTNESS_CENTRES, dtype=x.dtype).view(1, -1, 1, 1)
             return -4.0 * (x.mean(dim=1, keepdim=True) - centres) ** 2
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer notices
-        _export(Brightness().eval(), path, card)
-    proto = onnx.load(str(path))
-    embed_card(proto, card)
-    onnx.save(proto, str(path))
+    _export(Brightness().eval(), path, card)
     return path
 
 
