@@ -35,7 +35,7 @@ from ..backends.threads import physical_core_count
 from ..errors import BiCoRSegError, CanceledError, DistributedRunError, ModelLoadError
 from ..inference.pipeline import open_request_raster, request_margins, stitch_raster
 from ..inference.request import SegmentationRequest
-from ..inference.tiling import TilingSpec, edge_context_px
+from ..inference.tiling import TilingSpec, mirror_depth_px
 from ..inference.tta import Predictor, make_predictor
 from ..model_file import ModelFile
 from ..raster.reader import RasterSource
@@ -322,7 +322,7 @@ def _run_super_tile(job: SuperTileJob) -> PartResult:
         if not parts.is_dir():  # canceled while the model loaded: the writer would create the folder again
             raise CanceledError("The distributed run was canceled; its parts folder is gone.")
         grid = _WindowGrid(source, window)
-        source.mirror_depth_px = edge_context_px(job.spec)  # the same grid and reads as a single-process run
+        source.mirror_depth_px = mirror_depth_px(job.spec)  # the same grid and reads as a single-process run
         tags = {"part_of_run": job.run_id, "super_tile": str(job.index)}
         with SegmentationWriter(
             grid, classes_path, heatmaps_path, card, tags, require_valid_pixels=False,

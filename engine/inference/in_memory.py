@@ -2,8 +2,8 @@
 
 Training validation and evaluation predict whole images held in memory; they run through
 :func:`~engine.inference.pipeline.stitch_raster` exactly as a raster file does (same grid and windows, same boundless
-padding: the image mirrored as far as the grid reaches beyond its edges, as :data:`engine.raster.reader.EDGE_PADDING`
-says, band means further out; same blending), so a validation score measures what a QGIS user gets.
+padding: the image mirrored beyond its edges as far as :func:`engine.inference.tiling.mirror_depth_px` says; same
+blending), so a validation score measures what a QGIS user gets.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from rasterio.windows import Window
 
 from ..raster import reader
 from .pipeline import DEFAULT_BATCH_SIZE, stitch_raster
-from .tiling import TilingSpec, edge_context_px, grid_margins
+from .tiling import TilingSpec, grid_margins, mirror_depth_px
 from .tta import Predictor
 
 __all__ = ["ArraySink", "ArrayTileSource", "stitch_array"]
@@ -89,7 +89,7 @@ def stitch_array(
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> NDArray[np.float32]:
     """Class probabilities (K, H, W) of a whole normalised (C, H, W) image through the engine's tile loop."""
-    source = ArrayTileSource(image, mirror_depth_px=edge_context_px(spec))
+    source = ArrayTileSource(image, mirror_depth_px=mirror_depth_px(spec))
     sink = ArraySink(num_classes, source.height, source.width)
     margins = grid_margins(spec, "raster")  # the same grid as a raster file gets
     stitch_raster(

@@ -41,7 +41,7 @@ from ..raster.write_behind import RowWriter, WriteBehind
 from ..raster.writer import SegmentationWriter
 from .request import SegmentationRequest, SegmentationResult, check_output_paths, clamp_tiling, resolve_tiling
 from .stitching import StripAccumulator
-from .tiling import TilingSpec, edge_context_px, grid_margins, iter_tile_rows, tile_count, tiles_touching
+from .tiling import TilingSpec, grid_margins, iter_tile_rows, mirror_depth_px, tile_count, tiles_touching
 from .tta import TTA_MODES, Predictor, make_predictor
 
 __all__ = [
@@ -373,7 +373,7 @@ def _segment_raster(
             )  # fmt: skip
             if note:
                 logger.info("%s", note)
-        source.mirror_depth_px = edge_context_px(spec)  # mirror as far as the final grid reaches
+        source.mirror_depth_px = mirror_depth_px(spec)  # for the final grid
         if hbis_layer is not None:
             logger.info(
                 "HBIS heatmaps of layer %d (layers 0 to %d).", hbis_layer, int(hbis_tags["hbis_layer_count"]) - 1

@@ -51,8 +51,8 @@ logger = logging.getLogger(__name__)
 #: about its edge, up to ``mirror_depth_px`` beyond it (the reach of the tile grid, half the overlap), and band means
 #: further out, where tiles of the last row or column reach; ``"mean"`` (before issue 13) filled all of it with the
 #: band means, a flat grey block right at the edge, which made the answers there depend on where the tiles fell.
-#: Mirroring without a limit cost the default model 1.9 mIoU points on its test tile (whole tiles of mirror images
-#: look like real structure); limited to the grid's reach it scored within 0.3 points of band means.
+#: How far is the run's policy (:data:`engine.inference.tiling.MIRROR_DEPTH`, unlimited since issue 18; the v2
+#: model lost 1.9 mIoU points on its test tile without a limit, the v3 model none).
 EDGE_PADDING = "reflect"
 #: Put a resampled processing grid of a north-up projected raster on the lattice of the card's GSD in the CRS
 #: (:func:`~engine.raster.resolution.lattice_grid`) instead of stretching ``round(size * factor)`` pixels over the
@@ -184,7 +184,7 @@ class RasterSource:
             mask_geometries: GeoJSON polygon geometries in the raster's CRS; pixels outside all of them are invalid.
             value_scaling: ``card``, ``minmax`` or ``percentile`` (see :mod:`engine.raster.value_scaling`).
             mirror_depth_px: How far beyond the raster's edge tiles mirror it (:data:`EDGE_PADDING` ``"reflect"``);
-                band means further out. None: no limit. The pipeline uses half the overlap, the reach of its grid.
+                band means further out. None: no limit (what runs use, :func:`engine.inference.tiling.mirror_depth_px`).
 
         Raises:
             InvalidRasterError: If the file is missing or unreadable, its bands do not fit the model, or resampling

@@ -159,3 +159,12 @@ def test_grid_reaches_half_the_overlap_beyond_the_raster_and_anchored_grids_keep
     assert grid_margins(spec, "anchored", from_origin(500010.0, 2799990.0, 1.0, 1.0)) == (10, 10, 6, 6)
     assert grid_margins(spec, "anchored", Affine.identity()) == (6, 6, 6, 6)  # no georeference: raster grid
     assert grid_margins(spec, "anchored", None) == (6, 6, 6, 6)
+
+
+def test_runs_mirror_without_a_limit_unless_the_policy_says_grid(monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.inference import tiling
+
+    spec = tiling.TilingSpec(64, 16)
+    assert tiling.MIRROR_DEPTH == "unlimited" and tiling.mirror_depth_px(spec) is None
+    monkeypatch.setattr(tiling, "MIRROR_DEPTH", "grid")
+    assert tiling.mirror_depth_px(spec) == tiling.edge_context_px(spec) == 8
