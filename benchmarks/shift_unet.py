@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.reference_unet import DATA, IGNORE, NUM_CLASSES, UNet, _batch, evaluate
+from benchmarks.reference_unet import DATA, IGNORE, NUM_CLASSES, _batch, _logits, evaluate
 from engine.model_card import ModelCard, embed_card
+from engine.models.unet import UNet
 from training.datasets.colour_masks import DUBAI_CLASSES, DubaiAerial
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class _Softmax(nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.net(x), dim=1)
+        return torch.softmax(_logits(self.net(x)), dim=1)
 
 
 def unet_card(minutes: float, steps: int, val_miou: float, threads: int) -> ModelCard:
@@ -114,7 +115,7 @@ def train(minutes: float, threads: int, out: Path, lr: float = 1e-3, state: Path
         for group in optimizer.param_groups:
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(elapsed / minutes, 1.0)))
         images, masks = _batch(train_set, rng)
-        loss = F.cross_entropy(net(images), masks, ignore_index=IGNORE, label_smoothing=0.1)
+        loss = F.cross_entropy(_logits(net(images)), masks, ignore_index=IGNORE, label_smoothing=0.1)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

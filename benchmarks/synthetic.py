@@ -108,8 +108,8 @@ def export_probe_unet(folder: Path, tile_px: int, overlap_px: int) -> tuple[Path
     """
     import torch
 
-    from benchmarks.reference_unet import UNet
     from benchmarks.shift_unet import export_softmax_model
+    from engine.models.unet import UNet
 
     torch.manual_seed(0)
     net = UNet(len(CLASSES), widths=PROBE_UNET_WIDTHS).eval()
