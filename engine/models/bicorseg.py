@@ -91,8 +91,11 @@ class PixelShuffleUpsampler(nn.Module):
         self.shuffle2 = nn.PixelShuffle(2)
         self.act = nn.GELU()
 
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, E, h, w) -> (B, E/16, 4h, 4w)."""
+    def image_features(self, image: Tensor) -> None:
+        """Nothing: this upsampler does not look at the image (the interface of the guided one)."""
+
+    def forward(self, x: Tensor, guide: None = None) -> Tensor:
+        """(B, E, h, w) -> (B, E/16, 4h, 4w); ``guide`` is unused."""
         x = self.act(self.norm(self.shuffle1(x)))
         return cast(Tensor, self.act(self.shuffle2(x)))
 
@@ -120,6 +123,7 @@ class BiCoRSeg(SegmentationModel):
     """
 
     encoder_prefixes = ("encoder.",)
+    upsampler: PixelShuffleUpsampler | GuidedUpsampler
 
     def __init__(
         self,
@@ -204,17 +208,13 @@ class BiCoRSeg(SegmentationModel):
             ce, feat, heat = layer(ce, feat)
             heatmaps.append(heat)
             embeddings.append(ce)
-        guided = isinstance(self.upsampler, GuidedUpsampler)
-        guide = cast(GuidedUpsampler, self.upsampler).image_features(x) if guided else None
-
-        def upsample(features: Tensor) -> Tensor:
-            return cast(Tensor, self.upsampler(features, guide) if guided else self.upsampler(features))
-
-        logits = torch.einsum("bnd,bdhw->bnhw", self.classifier(ce), upsample(feat))
+        # Both upsamplers take (features, guide); the guide (image features, or None) is computed once for both heads.
+        guide = self.upsampler.image_features(x)
+        logits = torch.einsum("bnd,bdhw->bnhw", self.classifier(ce), self.upsampler(feat, guide))
         if not self.training:
             return SegmentationOutput(logits=logits, heatmaps=tuple(heatmaps))
         # The aux head reads the static dictionary detached: its loss trains the encoder, not the table.
-        aux = torch.einsum("nd,bdhw->bnhw", self.aux_classifier(ce0.detach()), upsample(feat0))
+        aux = torch.einsum("nd,bdhw->bnhw", self.aux_classifier(ce0.detach()), self.upsampler(feat0, guide))
         return SegmentationOutput(
             logits=logits,
             aux_logits=aux,
